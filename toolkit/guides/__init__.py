@@ -1,0 +1,67 @@
+"""guides: ControlNet guide images that match the references, for one photo or a million.
+
+Python API (images: a path, a PIL image, or a numpy array in **RGB** order, uint8/uint16; every
+function returns a PIL image):
+
+    >>> import guides
+    >>> guides.canny("photo.png").save("edges.png")
+    >>> guides.composite("dog.png", "mask.png")
+    >>> guides.available()                     # registered annotators
+    >>> annotator = guides.load("canny", low=50)   # build once, call on many images
+    >>> annotator.annotate(rgb_array)          # -> numpy guide
+
+Importing this package imports neither torch nor any model code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+__version__ = "0.1.0"
+
+from .annotators.base import Annotator  # noqa: E402
+from .errors import GuidesError, InputError, UsageError, WeightsError  # noqa: E402
+from .imaging import ImageLike, to_pil, to_rgb_array  # noqa: E402
+from .registry import available, get  # noqa: E402
+
+__all__ = [
+    "Annotator", "GuidesError", "InputError", "UsageError", "WeightsError",
+    "annotate", "available", "canny", "composite", "get", "load",
+]
+
+
+def load(name: str, **options: Any) -> Annotator:
+    """Build the annotator ``name`` (loading its model once) to call on many images."""
+    return get(name).load(**options)
+
+
+def annotate(name: str, image: ImageLike, **options: Any) -> Image.Image:
+    """The guide of one image by annotator ``name`` (loads the model on each call: use ``load`` for many)."""
+    annotator = load(name, **options)
+    try:
+        return to_pil(annotator.annotate(to_rgb_array(image)))
+    finally:
+        annotator.close()
+
+
+def canny(image: ImageLike, low: int = 100, high: int = 200, resolution: int = 0) -> Image.Image:
+    """Canny edges (L, 0/255), bit-exact with ``cv2.Canny(cv2.imread(path), low, high)``."""
+    return annotate("canny", image, low=low, high=high, resolution=resolution)
+
+
+def composite(
+    image: ImageLike,
+    mask: ImageLike,
+    background: str | tuple[int, int, int] = "white",
+    invert_mask: bool = False,
+    resize_mask: bool = False,
+) -> Image.Image:
+    """Inpainting target: ``image`` where ``mask`` is black (< 128), ``background`` where it is white."""
+    from .annotators.composite import composite as make_composite
+    from .annotators.composite import parse_color
+
+    color = parse_color(background) if isinstance(background, str) else tuple(background)
+    result = make_composite(to_rgb_array(image), to_rgb_array(mask), color, invert_mask, resize_mask)  # type: ignore[arg-type]
+    return Image.fromarray(result)

@@ -1,0 +1,1 @@
+"""The click command-line layer (thin: parsing and messages; the work is in the library)."""

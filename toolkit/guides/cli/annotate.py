@@ -1,0 +1,158 @@
+"""Annotator commands (built from the registry), ``guides run`` and ``guides composite``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..annotators.base import Annotator, ModelOptions
+from ..batch import Job, Summary, output_path, plan_jobs, run_jobs
+from ..errors import UsageError
+from ..imaging import DEFAULT_MAX_PIXELS, load_image, write_png_atomic
+from ..registry import REGISTRY, AnnotatorSpec, get
+
+NAMING_HELP = (
+    "Without -o, each guide is written beside its input as <stem>.<annotator>.png (photo.jpg -> "
+    "photo.canny.png); such files are never taken as inputs. With -o: a .png file for a single input, "
+    "otherwise a folder that mirrors the input tree. Existing guides are skipped unless --overwrite, "
+    "so a rerun resumes."
+)
+
+
+def batch_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Inputs and the options every batch command shares."""
+    decorators = [
+        click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str)),
+        click.option("-o", "--output", type=click.Path(path_type=str), help="Output .png file (single input) or folder."),
+        click.option("--overwrite", is_flag=True, help="Rewrite guides that already exist."),
+        click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None, help="Threads for decoding and writing [default: CPU cores]."),
+        click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Refuse larger images (decompression bombs)."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def model_options(defaults: ModelOptions) -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """``--device/--precision/--batch-size/--models-dir/--checkpoint`` for learned annotators."""
+    return [
+        click.option("--device", default=defaults.device, show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
+        click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=defaults.precision, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1, 1024), default=defaults.batch_size, show_default=True, help="Images of the same working size per forward pass."),
+        click.option("--models-dir", type=click.Path(file_okay=False, path_type=str), envvar="GUIDES_MODELS_DIR", default=None, help="Flat folder of checkpoints under their hub file names [env: GUIDES_MODELS_DIR]."),
+        click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=str), default=None, help="Use this checkpoint file."),
+    ]
+
+
+def annotator_command(spec: AnnotatorSpec) -> click.Command:
+    """Build ``guides <name> INPUT...`` from the annotator's options and ``cli_options``."""
+    cls = spec.annotator_class()
+    defaults = cls.Options()
+
+    def callback(inputs: tuple[str, ...], output: str | None, overwrite: bool, jobs: int | None,
+                 max_pixels: int, quiet: bool, as_json: bool, **values: Any) -> None:
+        options = spec.options(**values)
+        planned, failures = plan_jobs(inputs, [spec.name], output, own_outputs=REGISTRY)
+        summary = _run(planned, failures, {spec.name: lambda: cls(options)}, jobs, overwrite, max_pixels, quiet)
+        _report(summary, as_json)
+
+    command: Callable[..., Any] = callback
+    for decorator in reversed(list(cls.cli_options)):
+        command = decorator(command)
+    if isinstance(defaults, ModelOptions):
+        for decorator in reversed(model_options(defaults)):
+            command = decorator(command)
+    command = click.option(
+        "--resolution", type=click.IntRange(0), default=defaults.resolution, show_default=True,
+        help="Resize first: short side to N, sides to multiples of 64 (0 keeps the size).",
+    )(command)
+    command = batch_options(command)
+    return click.command(spec.name, help=f"{spec.summary}\n\n{NAMING_HELP}", short_help=spec.summary)(command)
+
+
+@click.command("run")
+@click.argument("annotators")
+@batch_options
+@click.option("--resolution", type=click.IntRange(0), default=None, help="Working size for every annotator [default: each annotator's own].")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (learned annotators).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=None)
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=str), envvar="GUIDES_MODELS_DIR", default=None)
+def run(annotators: str, inputs: tuple[str, ...], output: str | None, overwrite: bool, jobs: int | None,
+        max_pixels: int, quiet: bool, as_json: bool, **shared: Any) -> None:
+    """Run several annotators (comma-separated, e.g. canny,depth) decoding each image once.
+
+    With -o OUT, guides go to OUT/<annotator>/<relative path>.png; without -o, beside each input as
+    <stem>.<annotator>.png. Each annotator uses its defaults; the options here apply to every
+    annotator that has them. Existing guides are skipped unless --overwrite.
+    """
+    names = [name.strip() for name in annotators.split(",") if name.strip()]
+    if not names:
+        raise UsageError("name at least one annotator, e.g. canny,depth")
+    specs = [get(name) for name in dict.fromkeys(names)]
+    loaders: dict[str, Callable[[], Annotator]] = {}
+    for spec in specs:
+        fields = {field.name for field in dataclasses.fields(spec.annotator_class().Options)}
+        options = spec.options(**{k: v for k, v in shared.items() if v is not None and k in fields})
+        loaders[spec.name] = (lambda spec=spec, options=options: spec.annotator_class()(options))
+    planned, failures = plan_jobs(inputs, [s.name for s in specs], output, per_stage_folders=True, own_outputs=REGISTRY)
+    summary = _run(planned, failures, loaders, jobs, overwrite, max_pixels, quiet)
+    _report(summary, as_json)
+
+
+@click.command("composite")
+@click.argument("image", type=click.Path(path_type=str))
+@click.argument("mask", type=click.Path(path_type=str))
+@click.option("-o", "--output", type=click.Path(path_type=str), default=None, help="Output .png [default: <image stem>.composite.png beside it].")
+@click.option("--background", default="white", show_default=True, help="Colour painted where the mask is white (name or #rrggbb).")
+@click.option("--invert-mask", is_flag=True, help="Repaint where the mask is black instead.")
+@click.option("--resize-mask", is_flag=True, help="Resize a mask of another size (nearest neighbour) instead of failing.")
+@click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True)
+def composite(image: str, mask: str, output: str | None, background: str, invert_mask: bool, resize_mask: bool, max_pixels: int) -> None:
+    """Keep IMAGE where MASK is black and paint BACKGROUND where it is white.
+
+    Masks are read as grayscale and thresholded at 128 (>= 128 is white, i.e. repaint), so
+    anti-aliased or JPEG masks work too.
+    """
+    from ..annotators.composite import composite as make_composite
+    from ..annotators.composite import parse_color
+
+    color = parse_color(background)
+    target = Path(output) if output else output_path(Path(image), "composite")
+    for source in (image, mask):
+        if Path(source).exists() and os.path.abspath(source) == os.path.abspath(target):
+            raise UsageError(f"{target}: output would overwrite an input; choose another -o")
+    result = make_composite(load_image(image, max_pixels), load_image(mask, max_pixels), color, invert_mask, resize_mask)
+    write_png_atomic(target, result)
+    click.echo(str(target), err=True)
+
+
+def _run(jobs: Sequence[Job], failures: Sequence, loaders: Mapping[str, Callable[[], Annotator]],
+         workers: int | None, overwrite: bool, max_pixels: int, quiet: bool) -> Summary:
+    """Load only the annotators some job still needs (a finished rerun loads no model), then run."""
+    needed = {name for job in jobs for name, targets in job.outputs.items() if overwrite or not all(t.exists() for t in targets)}
+    stages = {name: loader() for name, loader in loaders.items() if name in needed}
+    try:
+        return run_jobs(jobs, stages, workers=workers, overwrite=overwrite, max_pixels=max_pixels,
+                        progress=False if quiet else None, failures=failures)
+    finally:
+        for stage in stages.values():
+            stage.close()
+
+
+def _report(summary: Summary, as_json: bool) -> None:
+    for failure in summary.failed:
+        click.echo(f"failed: {failure.line()}", err=True)
+    if as_json:
+        click.echo(json.dumps(summary.as_dict(), indent=2))
+    else:
+        click.echo(summary.text(), err=True)
+    click.get_current_context().exit(summary.exit_code)

@@ -1,0 +1,107 @@
+"""The ``guides`` command: a lazy click group, so ``guides --help`` imports no annotator or torch.
+
+Annotator commands (canny, lineart, ...) are built from the registry; the other commands live in
+their own modules under ``guides.cli`` and are imported only when invoked or listed with help.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import GuidesError
+from ..registry import REGISTRY
+
+#: Commands that are not single-image annotators: name -> ("module:attribute", one-line help).
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("guides.cli.annotate:run", "Several annotators in one pass: OUT/<annotator>/<path>."),
+    "composite": ("guides.cli.annotate:composite", "Inpainting target: keep the image where the mask is black."),
+    "inpaint-target": ("guides.cli.inpaint:inpaint_target", "Subject mask and inpainting target in one step (SAM)."),
+    "models": ("guides.cli.models:models", "List, download, verify and locate checkpoints."),
+    "generate": ("guides.cli.diffusion:generate", "Generate an image from guides with ControlNet (SD 1.5)."),
+    "reproduce": ("guides.cli.diffusion:reproduce", "Reproduce the reference ControlNet images, with a report."),
+    "compare": ("guides.cli.diffusion:compare", "PSNR and SSIM of two images."),
+}
+
+
+class GuidesGroup(click.Group):
+    """Resolves subcommands lazily from the registry and ``EXTRA_COMMANDS``."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(REGISTRY) + [name for name in EXTRA_COMMANDS if self._available(name)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in REGISTRY:
+            from .annotate import annotator_command
+
+            return annotator_command(REGISTRY[cmd_name])
+        if cmd_name in EXTRA_COMMANDS and self._available(cmd_name):
+            module_name, _, attribute = EXTRA_COMMANDS[cmd_name][0].partition(":")
+            return getattr(importlib.import_module(module_name), attribute)
+        return None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, spec.summary) for name, spec in REGISTRY.items()]
+        rows += [(name, EXTRA_COMMANDS[name][1]) for name in EXTRA_COMMANDS if self._available(name)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    @staticmethod
+    def _available(name: str) -> bool:
+        module_name = EXTRA_COMMANDS[name][0].partition(":")[0]
+        return importlib.util.find_spec(module_name) is not None
+
+
+@click.group(cls=GuidesGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="guides")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug with tracebacks).")
+def cli(verbose: int) -> None:
+    """Prepare ControlNet guide images: one photo, whole folders, or the full reproduction.
+
+    \b
+    Examples:
+      guides canny photo.png                  # writes photo.canny.png beside it
+      guides depth photos/ -o guides/depth    # a folder, mirrored under guides/depth
+      guides run canny,lineart photos/ -o out # out/canny/..., out/lineart/...
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console-script entry point: user errors become one line and an exit code, never a traceback."""
+    _quiet_opencv()
+    try:
+        code = cli.main(args=argv, prog_name="guides", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
+    except GuidesError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as error:  # noqa: BLE001 - a bug: say so in one line, traceback with -vv
+        logging.getLogger("guides").debug("internal error", exc_info=True)
+        click.echo(f"internal error: {type(error).__name__}: {error} (run with -vv for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _quiet_opencv() -> None:
+    """OpenCV's decoders print warnings for corrupt files; we report those files ourselves."""
+    import cv2
+
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:  # builds without the logging module
+        pass

@@ -1,0 +1,1 @@
+"""The ControlNet stage: generate, reproduce, compare."""

@@ -1,0 +1,1 @@
+"""Network definitions only, written to load the public checkpoints unchanged."""

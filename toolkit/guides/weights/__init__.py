@@ -1,0 +1,79 @@
+"""Checkpoints: the catalog (what exists), resolution (where it is), loading (safely and fast).
+
+Contract used by every learned annotator and the ControlNet stage:
+
+* ``guides.weights.catalog.CHECKPOINTS[name]`` -> ``Checkpoint`` (repo, filename, container, size,
+  sha256, licence, used_by). Names: lineart, lineart-coarse, normals, depth, sam-vit-h, sam-vit-l,
+  sam-vit-b. ``DIFFUSERS_REPOS`` lists the diffusers repositories of the ControlNet stage (sd15,
+  controlnet-{canny,depth,lineart,normals,sam}).
+* ``resolve_checkpoint(name, explicit=None, models_dir=None) -> Path``: explicit file > ``models_dir`` /
+  ``GUIDES_MODELS_DIR`` (flat folder, hub file names) > huggingface_hub cache > download (unless
+  ``HF_HUB_OFFLINE``). Raises ``guides.errors.WeightsError`` with the one-line message users see.
+* ``resolve_diffusers_repo(repo_or_path, models_dir=None) -> Path``: a local folder of a diffusers repo
+  (given folder > models folder / repo name > hub cache), else WeightsError with the download hint.
+* ``load_checkpoint_into(factory, path, *, container, key_filters=()) -> nn.Module``: builds
+  ``factory()`` with parameters on the meta device (no wasted random initialisation; buffers computed
+  on the CPU), reads the file with ``weights_only=True`` (memory-mapped), applies only the named key
+  filters (``"strip_module_prefix"``, ``"drop_computed_buffers"`` or the functions themselves), loads
+  strictly by assignment, returns the network in eval mode on the CPU.
+* ``read_state_dict(path, *, container) -> dict[str, Tensor]``: the safe read alone.
+* ``load_named_checkpoint(name, factory, explicit=None, models_dir=None, key_filters=())``: resolve +
+  load with the catalog's container (``strip_module_prefix`` added where the catalog says keys may
+  carry ``module.``).
+
+Importing this package does not import torch or huggingface_hub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from guides.weights.catalog import CHECKPOINTS, DIFFUSERS_REPOS, Checkpoint, DiffusersRepo, get_checkpoint
+from guides.weights.load import (
+    KEY_FILTERS,
+    KeyFilterSpec,
+    drop_computed_buffers,
+    load_checkpoint_into,
+    read_state_dict,
+    strip_module_prefix,
+    unwrap_model_dict,
+)
+from guides.weights.resolve import resolve_checkpoint, resolve_diffusers_repo
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "CHECKPOINTS",
+    "DIFFUSERS_REPOS",
+    "KEY_FILTERS",
+    "Checkpoint",
+    "DiffusersRepo",
+    "drop_computed_buffers",
+    "get_checkpoint",
+    "load_checkpoint_into",
+    "load_named_checkpoint",
+    "read_state_dict",
+    "resolve_checkpoint",
+    "resolve_diffusers_repo",
+    "strip_module_prefix",
+    "unwrap_model_dict",
+]
+
+
+def load_named_checkpoint(
+    name: str,
+    factory: Callable[[], nn.Module],
+    explicit: str | Path | None = None,
+    models_dir: str | Path | None = None,
+    key_filters: Sequence[KeyFilterSpec] = (),
+) -> nn.Module:
+    """Resolve the catalog checkpoint ``name`` and load it into ``factory()`` with the catalog's container."""
+    entry = get_checkpoint(name)
+    path = resolve_checkpoint(name, explicit=explicit, models_dir=models_dir)
+    filters = list(key_filters)
+    if entry.may_have_module_prefix and "strip_module_prefix" not in filters and strip_module_prefix not in filters:
+        filters.insert(0, "strip_module_prefix")
+    return load_checkpoint_into(factory, path, container=entry.container, key_filters=filters)

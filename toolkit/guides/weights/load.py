@@ -1,0 +1,354 @@
+"""Loading checkpoints safely (never unpickle code) and fast (no wasted random initialisation).
+
+``read_state_dict`` reads a file with ``torch.load(weights_only=True, mmap=True)`` and unwraps its
+container. ``load_checkpoint_into`` builds the network with its parameters on the meta device (buffers are
+computed normally on the CPU), applies only the named key filters, checks the keys strictly and assigns the
+loaded tensors to the network, so the weights are read once and never copied into a throw-away random
+initialisation.
+
+Key filters are plain named functions ``filter(state_dict, model) -> state_dict``; each one explains one
+known difference between a public file and the network we build. Anything else is an error listing keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from guides.errors import WeightsError
+
+if TYPE_CHECKING:  # torch is imported lazily: `guides --help` must not pay for it
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, "torch.Tensor"]
+KeyFilter = Callable[[StateDict, "nn.Module"], StateDict]
+KeyFilterSpec = Union[str, KeyFilter]
+
+CONTAINERS = ("state_dict", "model_dict")
+_SHOWN_KEYS = 8  # keys listed in an error message before "... and N more"
+
+
+def _key_list(keys: Sequence[str] | set[str]) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    return shown if len(keys) <= _SHOWN_KEYS else f"{shown} ... and {len(keys) - _SHOWN_KEYS} more"
+
+
+def _redownload_hint(path: Path) -> str:
+    """How to get a good copy: the download command, naming the checkpoint when the file name is known."""
+    from guides.weights.catalog import CHECKPOINTS
+
+    names = [c.name for c in CHECKPOINTS.values() if Path(path).name == c.basename]
+    name = names[0] if names else "NAME"
+    return f"delete it and download it again (`guides models download {name}`)"
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def _torch_load(path: Path, mmap: bool) -> Any:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def _is_unsafe_pickle_error(error: BaseException) -> bool:
+    """torch's weights-only unpickler refused a global: the file wants to run code to be loaded."""
+    return "Weights only load failed" in str(error) and (
+        "Unsupported global" in str(error)
+        or "Unsupported operand" in str(error)
+        or "not an allowed global" in str(error)
+        or "GLOBAL" in str(error)
+        or "WeightsUnpickler error" in str(error)
+    )
+
+
+def read_checkpoint_file(path: str | Path, *, mmap: bool = True) -> Any:
+    """``torch.load`` the file with ``weights_only=True`` (memory-mapped when the format allows it).
+
+    An unsafe pickle (one that needs code to run) and a truncated or corrupt file are WeightsErrors naming
+    the file. Files in the legacy (pre-zip) torch format cannot be memory-mapped and are read in full.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: checkpoint file is empty (truncated download?); {_redownload_hint(path)}")
+    use_mmap = mmap and zipfile.is_zipfile(path)
+    try:
+        return _torch_load(path, use_mmap)
+    except pickle.UnpicklingError as error:
+        if _is_unsafe_pickle_error(error):
+            first = str(error).strip().splitlines()
+            detail = next((line.strip() for line in first if "global" in line.lower()), "")
+            raise WeightsError(
+                f"{path}: refused to load: the file is not a plain weights file, it asks to run code when "
+                f"unpickled{' (' + detail.rstrip('.') + ')' if detail else ''}; use the official checkpoint "
+                f"or convert it to safetensors"
+            ) from None
+        raise WeightsError(f"{path}: corrupt checkpoint ({error}); {_redownload_hint(path)}") from None
+    except (EOFError, RuntimeError, ValueError, OSError, zipfile.BadZipFile, AttributeError, IndexError,
+            KeyError, TypeError, UnicodeDecodeError, MemoryError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightsError(
+            f"{path}: cannot read checkpoint, the file is truncated or corrupt ({reason}); {_redownload_hint(path)}"
+        ) from None
+
+
+def unwrap_model_dict(obj: Any, *, path: str | Path = "checkpoint") -> Any:
+    """Key transformation: a ``{"model": state_dict, ...}`` container -> the state dict inside it.
+
+    ZoeDepth (``ZoeD_M12_N.pt``) and NormalBae (``scannet.pt``) are saved that way. Other top-level entries
+    (training bookkeeping) are not weights and are ignored, with a debug log.
+    """
+    if not isinstance(obj, Mapping) or "model" not in obj:
+        found = "keys " + _key_list([str(k) for k in obj]) if isinstance(obj, Mapping) else type(obj).__name__
+        raise WeightsError(f"{path}: expected a dict holding the weights under 'model', found {found}")
+    others = [str(k) for k in obj if k != "model"]
+    if others:
+        log.debug("%s: ignoring top-level entries %s next to 'model'", path, others)
+    return obj["model"]
+
+
+def _check_state_dict(obj: Any, path: str | Path) -> StateDict:
+    import torch
+
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: expected a state dict (name -> tensor), found {type(obj).__name__}")
+    if isinstance(obj.get("model"), Mapping):
+        raise WeightsError(
+            f"{path}: the weights are wrapped in a dict under 'model' but the catalog says plain state dict "
+            f"(container='model_dict' expected)"
+        )
+    not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor) or not isinstance(k, str)]
+    if not_tensors:
+        raise WeightsError(f"{path}: entries that are not tensors: {_key_list(not_tensors)}")
+    return dict(obj)
+
+
+def read_state_dict(path: str | Path, *, container: str, mmap: bool = True) -> StateDict:
+    """Read a checkpoint file safely and return its state dict (name -> tensor, memory-mapped).
+
+    ``container`` is ``"state_dict"`` (the file is the state dict) or ``"model_dict"`` (the state dict is
+    under ``"model"``, unwrapped by ``unwrap_model_dict``).
+    """
+    if container not in CONTAINERS:
+        raise ValueError(f"container must be one of {CONTAINERS}, not {container!r}")
+    obj = read_checkpoint_file(path, mmap=mmap)
+    if container == "model_dict":
+        obj = unwrap_model_dict(obj, path=path)
+    return _check_state_dict(obj, path)
+
+
+# ------------------------------------------------------------------------------------- key filters
+
+
+def strip_module_prefix(state_dict: StateDict, model: nn.Module | None = None) -> StateDict:
+    """Key transformation: drop the ``module.`` prefix that ``nn.DataParallel`` adds to every key.
+
+    Applies only when every key carries the prefix (and the network's own keys do not); a file where only
+    some keys carry it is an error, since that is not what DataParallel writes.
+    """
+    prefix = "module."
+    prefixed = [k for k in state_dict if k.startswith(prefix)]
+    if not prefixed:
+        return state_dict
+    if model is not None and any(k.startswith(prefix) for k in model.state_dict(keep_vars=True)):
+        return state_dict
+    if len(prefixed) != len(state_dict):
+        plain = [k for k in state_dict if not k.startswith(prefix)]
+        raise WeightsError(f"only some keys carry the 'module.' prefix; without it: {_key_list(plain)}")
+    return {k[len(prefix):]: v for k, v in state_dict.items()}
+
+
+def _non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers the network computes itself and leaves out of its state dict (``persistent=False``)."""
+    found: dict[str, torch.Tensor] = {}
+    for module_name, module in model.named_modules():
+        for buffer_name in getattr(module, "_non_persistent_buffers_set", ()):
+            buffer = module._buffers.get(buffer_name)
+            if buffer is not None:
+                found[f"{module_name}.{buffer_name}" if module_name else buffer_name] = buffer
+    return found
+
+
+def drop_computed_buffers(state_dict: StateDict, model: nn.Module) -> StateDict:
+    """Key transformation: drop saved copies of buffers the network computes itself, after checking them.
+
+    Older timm saved BEiT's ``relative_position_index`` tables in the state dict (``ZoeD_M12_N.pt`` holds 24
+    of them); current timm computes them and keeps them out of the state dict, so strict loading fails on
+    them. Each saved copy must equal the computed buffer exactly (same shape and values), else the file does
+    not describe this network and loading stops with the differing keys.
+    """
+    import torch
+
+    expected = set(model.state_dict(keep_vars=True))
+    computed = _non_persistent_buffers(model)
+    dropped: list[str] = []
+    differing: list[str] = []
+    for key, saved in state_dict.items():
+        if key in expected or key not in computed:
+            continue
+        buffer = computed[key]
+        if buffer.is_meta:
+            differing.append(f"{key} (not computed by the network)")
+        elif saved.shape != buffer.shape or not torch.equal(saved.to(buffer.dtype), buffer):
+            differing.append(f"{key} (saved {tuple(saved.shape)} differs from computed {tuple(buffer.shape)})")
+        else:
+            dropped.append(key)
+    if differing:
+        raise WeightsError(f"saved buffers differ from the ones the network computes: {_key_list(differing)}")
+    if dropped:
+        log.debug("dropped %d saved copies of computed buffers: %s", len(dropped), _key_list(dropped))
+    return {k: v for k, v in state_dict.items() if k not in set(dropped)}
+
+
+KEY_FILTERS: dict[str, KeyFilter] = {
+    "strip_module_prefix": strip_module_prefix,
+    "drop_computed_buffers": drop_computed_buffers,
+}
+
+
+def _as_filter(spec: KeyFilterSpec) -> KeyFilter:
+    if callable(spec):
+        return spec
+    try:
+        return KEY_FILTERS[spec]
+    except KeyError:
+        raise ValueError(f"unknown key filter {spec!r}; known: {', '.join(KEY_FILTERS)}") from None
+
+
+# ------------------------------------------------------------------------------- building the network
+
+_building = threading.local()
+_patch_lock = threading.Lock()
+_patch_users = 0
+_original_register_parameter: Callable[..., None] | None = None
+
+
+def _meta_register_parameter(module: nn.Module, name: str, param: Any) -> None:
+    assert _original_register_parameter is not None
+    _original_register_parameter(module, name, param)
+    if param is not None and getattr(_building, "depth", 0) > 0:
+        stored = module._parameters[name]
+        if stored is not None and not stored.is_meta:
+            kwargs = dict(stored.__dict__)
+            kwargs["requires_grad"] = stored.requires_grad
+            module._parameters[name] = type(stored)(stored.to("meta"), **kwargs)
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Within this block (in this thread), every new ``nn.Parameter`` lives on the meta device.
+
+    No memory is allocated and no random initialisation runs for parameters; buffers are created and
+    computed normally on the CPU (what accelerate calls ``init_empty_weights(include_buffers=False)``).
+    Other threads building networks at the same time are not affected.
+    """
+    global _patch_users, _original_register_parameter
+    from torch import nn
+
+    with _patch_lock:
+        if _patch_users == 0:
+            _original_register_parameter = nn.Module.register_parameter
+            nn.Module.register_parameter = _meta_register_parameter  # type: ignore[method-assign]
+        _patch_users += 1
+    _building.depth = getattr(_building, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _building.depth -= 1
+        with _patch_lock:
+            _patch_users -= 1
+            if _patch_users == 0:
+                nn.Module.register_parameter = _original_register_parameter  # type: ignore[method-assign]
+                _original_register_parameter = None
+
+
+def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
+    """Call ``factory()`` with parameters on the meta device (see ``parameters_on_meta``)."""
+    with parameters_on_meta():
+        return factory()
+
+
+def _match_dtypes(state_dict: StateDict, targets: Mapping[str, torch.Tensor]) -> StateDict:
+    """Cast floating tensors to the dtype the network declares, as a plain ``load_state_dict`` copy would."""
+    out: StateDict = {}
+    for key, tensor in state_dict.items():
+        target = targets[key]
+        if tensor.dtype != target.dtype and tensor.is_floating_point() and target.is_floating_point():
+            tensor = tensor.to(target.dtype)
+        out[key] = tensor
+    return out
+
+
+def check_keys(state_dict: Mapping[str, Any], model: nn.Module, *, path: str | Path = "checkpoint") -> None:
+    """Strict key and shape match between a state dict and a network, as a WeightsError listing the keys."""
+    expected = model.state_dict(keep_vars=True)
+    missing = set(expected) - set(state_dict)
+    unexpected = set(state_dict) - set(expected)
+    wrong_shape = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}"
+        for k in state_dict
+        if k in expected and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing: {_key_list(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {_key_list(unexpected)}")
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} with another shape: {_key_list(wrong_shape)}")
+    if problems:
+        raise WeightsError(f"{path}: checkpoint does not fit the network: " + "; ".join(problems))
+
+
+def load_state_dict_into(
+    factory: Callable[[], nn.Module],
+    state_dict: StateDict,
+    *,
+    key_filters: Sequence[KeyFilterSpec] = (),
+    path: str | Path = "checkpoint",
+) -> nn.Module:
+    """Build ``factory()`` on the meta device and assign ``state_dict`` to it strictly (see module doc)."""
+    model = build_on_meta(factory)
+    for spec in key_filters:
+        try:
+            state_dict = _as_filter(spec)(state_dict, model)
+        except WeightsError as error:
+            raise WeightsError(f"{path}: {error}") from None
+    check_keys(state_dict, model, path=path)
+    state_dict = _match_dtypes(state_dict, model.state_dict(keep_vars=True))
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    still_meta = [name for name, p in model.named_parameters() if p.is_meta]
+    still_meta += [name for name, b in model.named_buffers() if b.is_meta]
+    if still_meta:  # a parameter outside the state dict (not registered through the module tree)
+        raise WeightsError(f"{path}: tensors left without weights after loading: {_key_list(still_meta)}")
+    return model.eval()
+
+
+def load_checkpoint_into(
+    factory: Callable[[], nn.Module],
+    path: str | Path,
+    *,
+    container: str,
+    key_filters: Sequence[KeyFilterSpec] = (),
+) -> nn.Module:
+    """Build the network ``factory()`` returns and load the checkpoint at ``path`` into it, strictly.
+
+    ``container``: ``"state_dict"`` or ``"model_dict"``. ``key_filters``: named transformations (functions
+    or their names in ``KEY_FILTERS``) applied in order before the strict key check. The network is built
+    without random initialisation of its parameters and receives the memory-mapped tensors of the file;
+    it is returned in eval mode on the CPU.
+    """
+    state_dict = read_state_dict(path, container=container)
+    return load_state_dict_into(factory, state_dict, key_filters=key_filters, path=path)

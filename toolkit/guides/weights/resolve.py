@@ -1,0 +1,335 @@
+"""Finding checkpoints: explicit file > flat models folder > huggingface_hub cache > download.
+
+Environment read at call time (so a test or a long-lived process can change it):
+
+* ``GUIDES_MODELS_DIR``: the flat models folder used when no ``models_dir`` is passed;
+* ``HF_HUB_OFFLINE``: never touch the network; a missing file is an error saying how to get it;
+* ``HF_ENDPOINT``: the hub URL (a mirror, or a test server); ``HF_HUB_CACHE`` / ``HF_HOME``: the cache.
+
+A flat folder holds files under their hub file names, the way ComfyUI and A1111 users keep them
+(``models/ZoeD_M12_N.pt``; SAM's ``checkpoints/sam_vit_h_4b8939.pth`` or just ``sam_vit_h_4b8939.pth``).
+Files found there or given explicitly are used as they are; downloaded files are checked against the
+catalog's size and sha256 and refused (deleted) on a mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from guides.errors import WeightsError
+from guides.weights.catalog import Checkpoint, DiffusersRepo, get_checkpoint, get_diffusers_repo
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR_ENV = "GUIDES_MODELS_DIR"
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_HASH_CHUNK = 8 * 1024 * 1024
+
+Where = Literal["explicit", "models-dir", "hub-cache", "downloaded"]
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a checkpoint was found: the file and which step of the search found it."""
+
+    path: Path
+    where: Where
+
+
+# ------------------------------------------------------------------------------------ environment
+
+
+def is_offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set to a true value: no network access at all."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def hub_endpoint() -> str | None:
+    """``HF_ENDPOINT`` as set now (None: huggingface_hub's default)."""
+    value = os.environ.get("HF_ENDPOINT", "").strip()
+    return value.rstrip("/") or None
+
+
+def hub_cache_dir() -> Path:
+    """The huggingface_hub cache folder as the environment says now (HF_HUB_CACHE > HF_HOME/hub > default)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def models_dir_from(models_dir: str | Path | None) -> Path | None:
+    """The flat models folder: the argument, else ``GUIDES_MODELS_DIR``, else None."""
+    value = models_dir if models_dir not in (None, "") else os.environ.get(MODELS_DIR_ENV) or None
+    return None if value is None else Path(value).expanduser()
+
+
+# ---------------------------------------------------------------------------------------- checks
+
+
+def sha256_of(path: str | Path, progress: Callable[[int], None] | None = None) -> str:
+    """The hex sha256 of a file, read in chunks (``progress`` receives each chunk's byte count)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    return digest.hexdigest()
+
+
+def check_file(entry: Checkpoint, path: Path, *, hash_file: bool = True) -> list[str]:
+    """What is wrong with ``path`` as a copy of ``entry`` (size, then sha256): empty when it matches."""
+    problems: list[str] = []
+    size = path.stat().st_size
+    if entry.size is not None and size != entry.size:
+        problems.append(f"size {size} bytes, expected {entry.size}")
+        return problems  # no point hashing a file of the wrong size
+    if hash_file and entry.has_digest:
+        digest = sha256_of(path)
+        if not entry.digest_matches(digest):
+            expected = entry.sha256 or f"{entry.sha256_prefix}..."
+            problems.append(f"sha256 {digest}, expected {expected}")
+    return problems
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+
+def find_in_models_dir(entry: Checkpoint, models_dir: str | Path | None) -> Path | None:
+    """The file in the flat models folder under its hub name (or basename), or None."""
+    folder = models_dir_from(models_dir)
+    if folder is None:
+        return None
+    for name in entry.flat_names:
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_in_hub_cache(entry: Checkpoint) -> Path | None:
+    """The file in the huggingface_hub cache (no network), or None."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+
+    try:
+        found = hf_hub_download(
+            entry.repo,
+            entry.filename,
+            revision=entry.revision,
+            cache_dir=hub_cache_dir(),
+            local_files_only=True,
+        )
+    except (EntryNotFoundError, FileNotFoundError, HFValidationError, OSError, ValueError):
+        return None
+    path = Path(found)
+    if not path.is_file():
+        return None
+    if entry.size is not None and path.stat().st_size != entry.size:
+        raise WeightsError(
+            f"{path}: cached {entry.filename} has {path.stat().st_size} bytes, expected {entry.size}; "
+            f"run `guides models download {entry.name}` to fetch it again"
+        )
+    return path
+
+
+def missing_message(entry: Checkpoint, models_dir: str | Path | None, *, reason: str) -> str:
+    """The one-line message for a checkpoint that cannot be found: what, where from, and how to get it."""
+    folder = models_dir_from(models_dir)
+    searched = f" (not in {folder})" if folder is not None else ""
+    return (
+        f"checkpoint {entry.name!r} ({entry.filename} from hub repo {entry.repo}) is not available{searched}: "
+        f"{reason}; run `guides models download {entry.name}`, or put {entry.basename} in a folder passed "
+        f"with --models-dir DIR (or {MODELS_DIR_ENV})"
+    )
+
+
+def _remove_cached_download(path: Path) -> None:
+    """Delete a refused download: the cache's snapshot link and the blob it points to."""
+    try:
+        target = path.resolve()
+        path.unlink(missing_ok=True)
+        if target != path:
+            target.unlink(missing_ok=True)
+    except OSError as error:  # pragma: no cover - best effort, the error below still refuses the file
+        log.warning("could not delete refused download %s: %s", path, error)
+
+
+def download_checkpoint(entry: Checkpoint | str, to: str | Path | None = None) -> Path:
+    """Download a checkpoint into the hub cache (or into the flat folder ``to``) and check it.
+
+    The hub client shows its progress bar. A size or sha256 mismatch deletes the file and raises.
+    Offline (``HF_HUB_OFFLINE``) or unreachable hub: WeightsError with the alternatives.
+    """
+    if isinstance(entry, str):
+        entry = get_checkpoint(entry)
+    if is_offline():
+        raise WeightsError(missing_message(entry, to, reason="HF_HUB_OFFLINE is set, nothing can be downloaded"))
+    from huggingface_hub import hf_hub_download
+
+    kwargs: dict[str, object] = {"revision": entry.revision, "endpoint": hub_endpoint()}
+    if to is not None:
+        kwargs["local_dir"] = Path(to).expanduser()
+    else:
+        kwargs["cache_dir"] = hub_cache_dir()
+    log.info("downloading %s from %s", entry.filename, entry.repo)
+    try:
+        path = Path(hf_hub_download(entry.repo, entry.filename, **kwargs))  # type: ignore[arg-type]
+    except Exception as error:  # the hub client raises many types (HTTP, connection, OS): all mean "not here"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightsError(missing_message(entry, to, reason=f"download failed ({reason})")) from None
+    problems = check_file(entry, path)
+    if problems:
+        _remove_cached_download(path)
+        raise WeightsError(
+            f"downloaded {entry.filename} from {entry.repo} was refused and deleted: {'; '.join(problems)}"
+        )
+    return path
+
+
+# ------------------------------------------------------------------------------------------ public
+
+
+def locate_checkpoint(
+    name: str, explicit: str | Path | None = None, models_dir: str | Path | None = None
+) -> Located | None:
+    """Where the checkpoint is without downloading anything (explicit > models folder > hub cache), or None."""
+    entry = get_checkpoint(name)
+    if explicit not in (None, ""):
+        path = Path(explicit).expanduser()  # type: ignore[arg-type]
+        if not path.is_file():
+            raise WeightsError(f"{path}: checkpoint file not found (given for {name!r})")
+        return Located(path, "explicit")
+    found = find_in_models_dir(entry, models_dir)
+    if found is not None:
+        return Located(found, "models-dir")
+    found = find_in_hub_cache(entry)
+    if found is not None:
+        return Located(found, "hub-cache")
+    return None
+
+
+def resolve_checkpoint(
+    name: str,
+    explicit: str | Path | None = None,
+    models_dir: str | Path | None = None,
+    *,
+    download: bool = True,
+) -> Path:
+    """The checkpoint file for catalog entry ``name``: explicit > models folder > hub cache > download.
+
+    ``explicit`` must exist. ``models_dir`` (else ``GUIDES_MODELS_DIR``) is a flat folder of hub file
+    names. The download step runs only when ``download`` is true and ``HF_HUB_OFFLINE`` is not set;
+    otherwise a missing file is a WeightsError naming the file, the repo and how to get it.
+    """
+    located = locate_checkpoint(name, explicit, models_dir)
+    if located is not None:
+        log.debug("checkpoint %s: %s (%s)", name, located.path, located.where)
+        return located.path
+    entry = get_checkpoint(name)
+    if not download:
+        raise WeightsError(missing_message(entry, models_dir, reason="not in the hub cache"))
+    if is_offline():
+        raise WeightsError(missing_message(entry, models_dir, reason="HF_HUB_OFFLINE is set and it is not in the hub cache"))
+    return download_checkpoint(entry)
+
+
+# ----------------------------------------------------------------------------------- diffusers repos
+
+
+def _looks_like_diffusers_folder(path: Path) -> bool:
+    return (path / "model_index.json").is_file() or (path / "config.json").is_file()
+
+
+def _diffusers_hint(repo: str, entry: DiffusersRepo | None) -> str:
+    name = entry.name if entry is not None else repo
+    short = repo.rsplit("/", 1)[-1]
+    return (
+        f"run `guides models download {name}`, or put the repository folder as {short}/ in a folder passed "
+        f"with --models-dir DIR (or {MODELS_DIR_ENV})"
+    )
+
+
+def resolve_diffusers_repo(
+    repo_or_path: str | Path,
+    models_dir: str | Path | None = None,
+    *,
+    download: bool = False,
+) -> Path:
+    """A local folder holding the diffusers repository ``repo_or_path`` (a hub id, a catalog name, or a path).
+
+    Order: an existing folder > ``models_dir`` (else ``GUIDES_MODELS_DIR``) / the repo's name (or its full
+    ``owner/name``) > the huggingface_hub cache > a download when ``download`` is true and not offline.
+    Missing: WeightsError with the download hint, so the ControlNet stage can fail before any work.
+    """
+    text = str(repo_or_path)
+    as_path = Path(text).expanduser()
+    if as_path.is_dir():
+        if not _looks_like_diffusers_folder(as_path):
+            raise WeightsError(f"{as_path}: not a diffusers model folder (no model_index.json or config.json)")
+        return as_path
+    entry = get_diffusers_repo(text)
+    repo = entry.repo if entry is not None else text
+    if repo.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise WeightsError(f"{text}: no such folder, and not a hub repository id (owner/name)")
+    folder = models_dir_from(models_dir)
+    if folder is not None:
+        for candidate in (folder / repo.rsplit("/", 1)[-1], folder / repo):
+            if candidate.is_dir() and _looks_like_diffusers_folder(candidate):
+                return candidate
+    from huggingface_hub import snapshot_download
+
+    revision = entry.revision if entry is not None else None
+    allow = list(entry.allow_patterns) if entry is not None else None
+    try:
+        found = Path(
+            snapshot_download(
+                repo, revision=revision, cache_dir=hub_cache_dir(), local_files_only=True, allow_patterns=allow
+            )
+        )
+        if _looks_like_diffusers_folder(found):
+            return found
+    except Exception:  # LocalEntryNotFoundError and friends: not cached
+        pass
+    searched = f" (not in {folder})" if folder is not None else ""
+    if not download or is_offline():
+        why = "HF_HUB_OFFLINE is set and it is" if is_offline() else "it is"
+        raise WeightsError(
+            f"diffusers model {repo} is not available{searched}: {why} not in the hub cache; "
+            + _diffusers_hint(repo, entry)
+        )
+    return download_diffusers_repo(repo)
+
+
+def download_diffusers_repo(repo_or_name: str, to: str | Path | None = None) -> Path:
+    """Download a diffusers repository (catalogued file patterns only) into the hub cache or ``to``/name."""
+    entry = get_diffusers_repo(repo_or_name)
+    repo = entry.repo if entry is not None else repo_or_name
+    if is_offline():
+        raise WeightsError(
+            f"diffusers model {repo} cannot be downloaded: HF_HUB_OFFLINE is set; " + _diffusers_hint(repo, entry)
+        )
+    from huggingface_hub import snapshot_download
+
+    kwargs: dict[str, object] = {"endpoint": hub_endpoint()}
+    if entry is not None:
+        kwargs.update(revision=entry.revision, allow_patterns=list(entry.allow_patterns))
+    if to is not None:
+        kwargs["local_dir"] = Path(to).expanduser() / repo.rsplit("/", 1)[-1]
+    else:
+        kwargs["cache_dir"] = hub_cache_dir()
+    try:
+        return Path(snapshot_download(repo, **kwargs))  # type: ignore[arg-type]
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightsError(f"diffusers model {repo} could not be downloaded ({reason}); " + _diffusers_hint(repo, entry)) from None
