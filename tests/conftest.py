@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -20,3 +21,44 @@ def refs() -> Path:
     if not (path / "cutecat_init.png").is_file():
         pytest.skip(f"GUIDES_REFS={value} does not hold cutecat_init.png: reference images unavailable")
     return path
+
+
+def synthetic_photo(seed: int, height: int = 96, width: int = 128) -> np.ndarray:
+    """An RGB uint8 image with smooth gradients, shapes and noise: Canny finds real edges in it."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack(
+        [
+            127 + 100 * np.sin(xx / (7 + seed % 5) + seed),
+            127 + 100 * np.cos(yy / (9 + seed % 3)),
+            (xx + yy) * 255 / (height + width),
+        ],
+        axis=2,
+    )
+    for _ in range(4):
+        center = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.circle(image, center, int(rng.integers(5, 30)), color, -1)
+    image += rng.normal(0, 6, image.shape)
+    return image.clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path) -> Path:
+    """A folder tree of small PNG/JPEG photos, with spaces and non-ASCII names."""
+    from PIL import Image
+
+    root = tmp_path / "photos in"
+    (root / "sub dir" / "déjà").mkdir(parents=True)
+    names = ["a.png", "b.jpg", "sub dir/c.png", "sub dir/déjà/ünï cödé.png", "sub dir/e.JPEG"]
+    for index, name in enumerate(names):
+        Image.fromarray(synthetic_photo(index)).save(root / name, quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_photo():
+    """``make_photo(seed, height=96, width=128)`` -> a synthetic RGB uint8 photo (see ``synthetic_photo``)."""
+    return synthetic_photo

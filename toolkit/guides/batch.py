@@ -27,7 +27,7 @@ from typing import Protocol, Union
 import numpy as np
 
 from .errors import GuidesError, InputError
-from .imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, TEMP_MARK, load_image, write_png_atomic
+from .imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, TEMP_MARK, load_image, remove_stale_temp_files, write_png_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -266,15 +266,24 @@ def run_jobs(
         while writing and (len(writing) > limit or writing[0][1].done()):
             finish_write(*writing.popleft())
 
-    def annotate_ready() -> None:
-        if not ready:
-            return
-        _annotate(ready, stages, fail)
-        for pending in ready:
+    def annotate(group: list[_Pending]) -> None:
+        _annotate(group, stages, fail)
+        for pending in group:
             if pending.results:
                 writing.append((pending, pool.submit(_write_outputs, pending.job, pending.results)))
-        ready.clear()
         drain_writes(window)
+
+    def annotate_ready(force: bool = False) -> None:
+        """Annotate full batches of equal keys; everything when forced or the buffer is too full."""
+        groups: dict[Hashable, list[_Pending]] = {}
+        for pending in ready:
+            groups.setdefault(_group_key(stages, pending), []).append(pending)
+        flush_all = force or len(ready) > 2 * batch_target
+        for group in groups.values():
+            if flush_all or len(group) >= batch_target:
+                annotate(group)
+                for pending in group:
+                    ready.remove(pending)
 
     def take_decoded() -> None:
         pending, future = decoding.popleft()
@@ -288,8 +297,12 @@ def run_jobs(
             fail(pending, f"cannot decode ({type(error).__name__}: {error})")
             return
         ready.append(pending)
-        if len(ready) >= batch_target:
-            annotate_ready()
+        annotate_ready()
+
+    for folder in {target.parent for job in jobs for targets in job.outputs.values() for target in targets}:
+        removed = remove_stale_temp_files(folder)
+        if removed:
+            logger.info("removed %d temporary file(s) left by an interrupted run in %s", removed, folder)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="guides-io") as pool:
         try:
@@ -306,7 +319,7 @@ def run_jobs(
                 drain_writes(window)
             while decoding:
                 take_decoded()
-            annotate_ready()
+            annotate_ready(force=True)
             drain_writes(0)
         except BaseException:
             for _, future in list(decoding) + list(writing):
@@ -316,6 +329,11 @@ def run_jobs(
             bar.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _group_key(stages: Mapping[str, Stage], pending: _Pending) -> Hashable:
+    assert pending.image is not None
+    return tuple(stage.batch_key(pending.image) for name, stage in stages.items() if name in pending.stages and stage.batch_size > 1)
 
 
 def _annotate(batch: list[_Pending], stages: Mapping[str, Stage], fail: Callable[[_Pending, str], None]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 import warnings
 from pathlib import Path
 from typing import Union
@@ -177,29 +177,22 @@ def to_pil(guide: np.ndarray) -> Image.Image:
 TEMP_MARK = ".guides-tmp-"
 
 
-def temp_prefix(path: Path) -> str:
-    """The name prefix of the temporary files that ``write_atomic`` uses for ``path``."""
-    return f".{path.name}{TEMP_MARK}"
-
-
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place.
 
-    A run killed mid-write leaves at worst a hidden ``.NAME.guides-tmp-*`` file, never a partial
-    ``NAME``; the next write of the same path removes such leftovers.
+    A run killed mid-write leaves at worst a hidden ``.NAME.guides-tmp-PID-*`` file, never a partial
+    ``NAME``; ``remove_stale_temp_files`` clears those of dead processes when a batch starts.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f"{_glob_escape(temp_prefix(path))}*"):
-            stale.unlink(missing_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
+        temp_name = str(path.parent / f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+        handle = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as error:
         raise OutputError(path, f"cannot write: {error.strerror or error}") from None
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
-        os.chmod(temp_name, 0o644)
         os.replace(temp_name, path)
     except BaseException as error:
         try:
@@ -211,13 +204,42 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Delete the temporary files that killed runs left in ``folder`` (not those of live processes)."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if TEMP_MARK not in entry.name:
+            continue
+        pid_text = entry.name.split(TEMP_MARK, 1)[1].split("-", 1)[0]
+        if pid_text.isdigit() and _process_alive(int(pid_text)):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def write_png_atomic(path: str | os.PathLike, guide: np.ndarray) -> None:
     """Encode ``guide`` as PNG and write it atomically to ``path``."""
     write_atomic(path, encode_png(guide))
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def _open_header(data: bytes, name: str | os.PathLike, max_pixels: int) -> Image.Image:
@@ -231,7 +253,7 @@ def _open_header(data: bytes, name: str | os.PathLike, max_pixels: int) -> Image
     except UnidentifiedImageError:
         raise InputError(name, "not an image, or an unsupported image format") from None
     except Exception as error:  # noqa: BLE001 - Pillow raises many types on corrupt headers
-        raise InputError(name, f"corrupt image header ({_short(error)})") from None
+        raise InputError(name, f"corrupt or truncated image ({_short(error)})") from None
     width, height = header.size
     if width <= 0 or height <= 0:
         raise InputError(name, f"invalid image size {width}x{height}")

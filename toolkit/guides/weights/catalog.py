@@ -30,8 +30,8 @@ class Checkpoint:
     ``container``: ``"state_dict"`` (the file is the state dict) or ``"model_dict"`` (a dict holding the
     state dict under ``"model"``). ``may_have_module_prefix``: keys may start with ``module.`` (saved from
     ``nn.DataParallel``). ``size``: exact bytes, checked on download and by ``guides models verify``.
-    ``sha256``: full hex digest where known. ``sha256_prefix``: the start of the digest that the hub file
-    name carries (SAM names its files that way).
+    ``sha256``: full hex digest where known. ``md5_prefix``: the start of the MD5 digest that the file name
+    carries (SAM's ``sam_vit_h_4b8939.pth``: MD5 ``4b8939a8...``; measured sources agree it is MD5, not sha256).
     """
 
     name: str
@@ -40,12 +40,12 @@ class Checkpoint:
     container: Container
     licence: str
     used_by: str
-    approx_size: int
     revision: str = "main"
+    approx_size: int | None = None
     may_have_module_prefix: bool = False
     size: int | None = None
     sha256: str | None = None
-    sha256_prefix: str | None = None
+    md5_prefix: str | None = None
     description: str = ""
 
     @property
@@ -58,18 +58,17 @@ class Checkpoint:
         """Names accepted in a flat models folder: the hub file name, then its basename if different."""
         return (self.filename,) if self.basename == self.filename else (self.filename, self.basename)
 
-    def digest_matches(self, hexdigest: str) -> bool:
-        """Whether a computed sha256 agrees with what is recorded (full digest, else the name's prefix)."""
-        hexdigest = hexdigest.lower()
-        if self.sha256 is not None:
-            return hexdigest == self.sha256
-        if self.sha256_prefix is not None:
-            return hexdigest.startswith(self.sha256_prefix)
-        return True
+    @property
+    def size_hint(self) -> int:
+        """The exact size where recorded, else the approximate one (for listings and READMEs)."""
+        size = self.size if self.size is not None else self.approx_size
+        assert size is not None, f"{self.name}: record size or approx_size"
+        return size
 
     @property
     def has_digest(self) -> bool:
-        return self.sha256 is not None or self.sha256_prefix is not None
+        """Whether a checksum is recorded (a full sha256, or the MD5 prefix of the file name)."""
+        return self.sha256 is not None or self.md5_prefix is not None
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             container="state_dict",
             licence="MIT (informative-drawings, Chan et al.)",
             used_by="lineart",
-            approx_size=17 * _MB,
+            size=17_173_511,
             description="informative-drawings generator (fine lines)",
         ),
         Checkpoint(
@@ -110,7 +109,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             container="state_dict",
             licence="MIT (informative-drawings, Chan et al.)",
             used_by="lineart --coarse",
-            approx_size=17 * _MB,
+            size=17_173_511,
             description="informative-drawings generator (coarse lines)",
         ),
         Checkpoint(
@@ -131,7 +130,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             container="model_dict",
             licence="MIT (isl-org/ZoeDepth)",
             used_by="depth",
-            approx_size=1_443 * _MB,
+            size=1_443_406_099,
             description="ZoeD_N (MiDaS BEiT-L/16-384 backbone)",
         ),
         Checkpoint(
@@ -141,8 +140,9 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             container="state_dict",
             licence="Apache-2.0 (facebookresearch/segment-anything)",
             used_by="sam, mask",
-            approx_size=2_564 * _MB,
-            sha256_prefix="4b8939",
+            size=2_564_550_879,
+            sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+            md5_prefix="4b8939",
             description="Segment Anything ViT-H",
         ),
         Checkpoint(
@@ -152,8 +152,9 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             container="state_dict",
             licence="Apache-2.0 (facebookresearch/segment-anything)",
             used_by="sam, mask",
-            approx_size=1_250 * _MB,
-            sha256_prefix="0b3195",
+            size=1_249_524_607,
+            sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+            md5_prefix="0b3195",
             description="Segment Anything ViT-L",
         ),
         Checkpoint(
@@ -163,8 +164,9 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             container="state_dict",
             licence="Apache-2.0 (facebookresearch/segment-anything)",
             used_by="sam, mask",
-            approx_size=375 * _MB,
-            sha256_prefix="01ec64",
+            size=375_042_383,
+            sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+            md5_prefix="01ec64",
             description="Segment Anything ViT-B",
         ),
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,16 @@ class Located:
 
 
 def is_offline() -> bool:
-    """``HF_HUB_OFFLINE`` is set to a true value: no network access at all."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+    """No network access at all: ``HF_HUB_OFFLINE`` as set now, else huggingface_hub's own offline mode.
+
+    huggingface_hub reads HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) once, when it is imported; an
+    explicit value in the environment now takes precedence for our decision.
+    """
+    value = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    if value:
+        return value in _TRUE
+    constants = sys.modules.get("huggingface_hub.constants")
+    return bool(constants is not None and constants.is_offline_mode())
 
 
 def hub_endpoint() -> str | None:
@@ -76,29 +85,38 @@ def models_dir_from(models_dir: str | Path | None) -> Path | None:
 # ---------------------------------------------------------------------------------------- checks
 
 
-def sha256_of(path: str | Path, progress: Callable[[int], None] | None = None) -> str:
-    """The hex sha256 of a file, read in chunks (``progress`` receives each chunk's byte count)."""
-    digest = hashlib.sha256()
+def file_digests(path: str | Path, progress: Callable[[int], None] | None = None) -> tuple[str, str]:
+    """(sha256, md5) hex digests of a file, computed in one chunked pass (``progress`` gets byte counts)."""
+    sha256 = hashlib.sha256()
+    md5 = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as handle:
         while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
+            sha256.update(chunk)
+            md5.update(chunk)
             if progress is not None:
                 progress(len(chunk))
-    return digest.hexdigest()
+    return sha256.hexdigest(), md5.hexdigest()
 
 
-def check_file(entry: Checkpoint, path: Path, *, hash_file: bool = True) -> list[str]:
-    """What is wrong with ``path`` as a copy of ``entry`` (size, then sha256): empty when it matches."""
+def check_file(
+    entry: Checkpoint,
+    path: Path,
+    *,
+    hash_file: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """What is wrong with ``path`` as a copy of ``entry`` (size, then checksums): empty when it matches."""
     problems: list[str] = []
     size = path.stat().st_size
     if entry.size is not None and size != entry.size:
         problems.append(f"size {size} bytes, expected {entry.size}")
         return problems  # no point hashing a file of the wrong size
     if hash_file and entry.has_digest:
-        digest = sha256_of(path)
-        if not entry.digest_matches(digest):
-            expected = entry.sha256 or f"{entry.sha256_prefix}..."
-            problems.append(f"sha256 {digest}, expected {expected}")
+        sha256, md5 = file_digests(path, progress)
+        if entry.sha256 is not None and sha256 != entry.sha256:
+            problems.append(f"sha256 {sha256}, expected {entry.sha256}")
+        if entry.md5_prefix is not None and not md5.startswith(entry.md5_prefix):
+            problems.append(f"md5 {md5} does not start with {entry.md5_prefix} as its file name says")
     return problems
 
 

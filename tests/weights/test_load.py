@@ -1,0 +1,374 @@
+"""guides.weights.load: safe reading, named key transformations, strict matching, fast meta-device start."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from guides.errors import WeightsError
+from guides.weights import load_checkpoint_into, read_state_dict
+from guides.weights.load import (
+    build_on_meta,
+    check_keys,
+    drop_computed_buffers,
+    parameters_on_meta,
+    strip_module_prefix,
+    unwrap_model_dict,
+)
+
+
+class TinyNet(nn.Module):
+    """Conv + norm + linear, a persistent buffer (BatchNorm stats) and a computed one (not saved)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 2)
+        self.register_buffer("index_table", torch.arange(6).view(2, 3), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.conv(x)).mean(dim=(2, 3))
+        return self.head(y) + self.index_table.sum()
+
+
+def trained_net(seed: int = 0) -> TinyNet:
+    torch.manual_seed(seed)
+    net = TinyNet()
+    with torch.no_grad():  # non-trivial running stats, so they must come from the file
+        net.norm.running_mean.uniform_(-1, 1)
+        net.norm.running_var.uniform_(0.5, 2)
+        net.norm.num_batches_tracked.fill_(7)
+    return net.eval()
+
+
+def plain_load(path: Path, container: str) -> TinyNet:
+    """The usual way: construct (random init), torch.load, load_state_dict."""
+    obj = torch.load(path, weights_only=True)
+    net = TinyNet()
+    net.load_state_dict(obj["model"] if container == "model_dict" else obj)
+    return net.eval()
+
+
+@pytest.fixture
+def reference() -> TinyNet:
+    return trained_net()
+
+
+@pytest.fixture
+def sample() -> torch.Tensor:
+    return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+# ------------------------------------------------------------------------------------ round trips
+
+
+@pytest.mark.parametrize("container", ["state_dict", "model_dict"])
+def test_fast_load_gives_identical_outputs_to_the_plain_way(tmp_path, reference, sample, container):
+    path = tmp_path / "net.pth"
+    sd = reference.state_dict()
+    torch.save({"model": sd} if container == "model_dict" else sd, path)
+    fast = load_checkpoint_into(TinyNet, path, container=container)
+    plain = plain_load(path, container)
+    assert not fast.training
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(fast.state_dict()[name], tensor), name
+    with torch.no_grad():
+        out_fast, out_plain = fast(sample), plain(sample)
+    assert torch.equal(out_fast, out_plain), (out_fast - out_plain).abs().max()
+    assert all(not p.is_meta and p.device.type == "cpu" for p in fast.parameters())
+
+
+def test_loaded_parameters_keep_requires_grad_and_are_parameters(tmp_path, reference):
+    path = tmp_path / "net.pth"
+    torch.save(reference.state_dict(), path)
+    net = load_checkpoint_into(TinyNet, path, container="state_dict")
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in net.parameters())
+    assert net.norm.num_batches_tracked.item() == 7
+
+
+def test_half_precision_file_is_cast_like_a_plain_load(tmp_path, reference, sample):
+    path = tmp_path / "half.pth"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in reference.state_dict().items()}, path)
+    fast = load_checkpoint_into(TinyNet, path, container="state_dict")
+    plain = plain_load(path, "state_dict")
+    assert fast.conv.weight.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(fast(sample), plain(sample))
+
+
+def test_legacy_non_zip_format_is_read_without_mmap(tmp_path, reference, sample):
+    path = tmp_path / "legacy.pth"
+    torch.save(reference.state_dict(), path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    net = load_checkpoint_into(TinyNet, path, container="state_dict")
+    with torch.no_grad():
+        assert torch.equal(net(sample), reference(sample))
+
+
+def test_meta_build_skips_parameter_init_but_computes_buffers():
+    calls = []
+
+    class Counting(TinyNet):
+        def __init__(self) -> None:
+            super().__init__()
+            calls.append(self.conv.weight.is_meta)
+
+    net = build_on_meta(Counting)
+    assert calls == [True]
+    assert all(p.is_meta for p in net.parameters())
+    assert torch.equal(net.index_table, torch.arange(6).view(2, 3))  # computed on the CPU
+    assert not net.norm.running_var.is_meta
+
+
+def test_meta_build_does_not_leak_to_other_threads():
+    built: dict[str, bool] = {}
+    inside = threading.Event()
+    release = threading.Event()
+
+    def other_thread() -> None:
+        inside.wait(5)
+        built["other"] = nn.Linear(2, 2).weight.is_meta
+        release.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    with parameters_on_meta():
+        inside.set()
+        release.wait(5)
+        built["here"] = nn.Linear(2, 2).weight.is_meta
+    worker.join(5)
+    assert built == {"other": False, "here": True}
+    assert not nn.Linear(2, 2).weight.is_meta  # patch removed afterwards
+
+
+# ---------------------------------------------------------------------------------- unsafe files
+
+
+class _Payload:
+    """Unpickling this would create a file: the canonical 'pickle runs code' attack."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+@pytest.mark.parametrize("wrapped_in_torch_zip", [True, False])
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path, wrapped_in_torch_zip):
+    marker = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pth"
+    if wrapped_in_torch_zip:
+        torch.save({"weight": torch.zeros(2), "payload": _Payload(str(marker))}, path)
+    else:
+        path.write_bytes(pickle.dumps({"weight": _Payload(str(marker))}, protocol=2))
+    assert not marker.exists()
+    with pytest.raises(WeightsError) as caught:
+        read_state_dict(path, container="state_dict")
+    message = str(caught.value)
+    assert str(path) in message and "refused" in message and "run code" in message, message
+    assert not marker.exists()
+    with pytest.raises(WeightsError):
+        load_checkpoint_into(TinyNet, path, container="state_dict")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("keep", [0, 10, 200, -30])
+def test_truncated_file_names_the_file_and_suggests_redownload(tmp_path, reference, keep):
+    good = tmp_path / "good.pth"
+    torch.save(reference.state_dict(), good)
+    data = good.read_bytes()
+    bad = tmp_path / "sk_model.pth"
+    bad.write_bytes(data[:keep] if keep >= 0 else data[:keep])
+    with pytest.raises(WeightsError) as caught:
+        load_checkpoint_into(TinyNet, bad, container="state_dict")
+    message = str(caught.value)
+    assert str(bad) in message, message
+    assert "guides models download lineart" in message, message  # file name known: the catalog name
+
+
+def test_garbage_file_is_a_weights_error(tmp_path):
+    path = tmp_path / "noise.bin"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(WeightsError, match="noise.bin"):
+        read_state_dict(path, container="state_dict")
+
+
+def test_missing_file_is_a_weights_error(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        read_state_dict(tmp_path / "nope.pth", container="state_dict")
+
+
+# ---------------------------------------------------------------------------- key transformations
+
+
+def test_unwrap_model_dict_returns_the_inner_state_dict_and_ignores_bookkeeping():
+    inner = {"a": torch.zeros(1)}
+    assert unwrap_model_dict({"model": inner, "epoch": 3}) is inner
+
+
+def test_unwrap_model_dict_refuses_a_plain_state_dict():
+    with pytest.raises(WeightsError, match="under 'model'"):
+        unwrap_model_dict({"conv.weight": torch.zeros(1)}, path="x.pt")
+
+
+def test_wrong_container_is_explained(tmp_path, reference):
+    wrapped = tmp_path / "wrapped.pt"
+    torch.save({"model": reference.state_dict()}, wrapped)
+    with pytest.raises(WeightsError, match="container='model_dict' expected"):
+        read_state_dict(wrapped, container="state_dict")
+    plain = tmp_path / "plain.pt"
+    torch.save(reference.state_dict(), plain)
+    with pytest.raises(WeightsError, match="under 'model'"):
+        read_state_dict(plain, container="model_dict")
+
+
+def test_strip_module_prefix_when_every_key_has_it():
+    sd = {"module.a": torch.zeros(1), "module.b.c": torch.ones(1)}
+    assert list(strip_module_prefix(sd)) == ["a", "b.c"]
+
+
+def test_strip_module_prefix_leaves_plain_keys_alone():
+    sd = {"a": torch.zeros(1)}
+    assert strip_module_prefix(sd) is sd
+
+
+def test_strip_module_prefix_refuses_a_mixed_file():
+    with pytest.raises(WeightsError, match="only some keys") as caught:
+        strip_module_prefix({"module.a": torch.zeros(1), "b": torch.zeros(1)})
+    assert "b" in str(caught.value)
+
+
+def test_module_prefixed_model_dict_loads_through_the_named_filter(tmp_path, reference, sample):
+    path = tmp_path / "scannet.pt"
+    torch.save({"model": {f"module.{k}": v for k, v in reference.state_dict().items()}}, path)
+    with pytest.raises(WeightsError, match="unexpected"):
+        load_checkpoint_into(TinyNet, path, container="model_dict")
+    net = load_checkpoint_into(TinyNet, path, container="model_dict", key_filters=["strip_module_prefix"])
+    with torch.no_grad():
+        assert torch.equal(net(sample), reference(sample))
+
+
+def test_drop_computed_buffers_drops_exact_copies(tmp_path, reference, sample):
+    path = tmp_path / "old.pt"
+    torch.save({**reference.state_dict(), "index_table": torch.arange(6).view(2, 3)}, path)
+    with pytest.raises(WeightsError, match="1 unexpected: index_table"):
+        load_checkpoint_into(TinyNet, path, container="state_dict")
+    net = load_checkpoint_into(TinyNet, path, container="state_dict", key_filters=[drop_computed_buffers])
+    with torch.no_grad():
+        assert torch.equal(net(sample), reference(sample))
+
+
+def test_drop_computed_buffers_refuses_a_differing_copy():
+    net = build_on_meta(TinyNet)
+    saved = torch.arange(6).view(2, 3).flip(0)
+    with pytest.raises(WeightsError, match="index_table"):
+        drop_computed_buffers({"index_table": saved}, net)
+    with pytest.raises(WeightsError, match="index_table"):
+        drop_computed_buffers({"index_table": torch.arange(5)}, net)
+
+
+def test_drop_computed_buffers_keeps_unknown_keys_for_the_strict_check():
+    net = build_on_meta(TinyNet)
+    sd = {"mystery": torch.zeros(1)}
+    assert drop_computed_buffers(sd, net) == sd
+
+
+def test_drop_computed_buffers_on_timm_beit_relative_position_index(tmp_path):
+    """The ZoeDepth case: old timm saved BEiT's relative_position_index; current timm computes it."""
+    timm_beit = pytest.importorskip("timm.models.beit")
+
+    def tiny_beit() -> nn.Module:
+        return timm_beit.Beit(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=0,
+                              use_rel_pos_bias=True, use_abs_pos_emb=False)
+
+    torch.manual_seed(0)
+    reference = tiny_beit().eval()
+    sd = reference.state_dict()
+    assert not any("relative_position_index" in k for k in sd)
+    old_keys = {f"blocks.{i}.attn.relative_position_index": timm_beit.gen_relative_position_index((4, 4))
+                for i in range(2)}
+    path = tmp_path / "ZoeD_like.pt"
+    torch.save({"model": {**sd, **old_keys}}, path)
+    net = load_checkpoint_into(tiny_beit, path, container="model_dict", key_filters=["drop_computed_buffers"])
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(net(x), reference(x))
+    # a tampered table is not silently dropped
+    old_keys["blocks.1.attn.relative_position_index"][0, 1] += 1
+    torch.save({"model": {**sd, **old_keys}}, path)
+    with pytest.raises(WeightsError, match=r"blocks\.1\.attn\.relative_position_index"):
+        load_checkpoint_into(tiny_beit, path, container="model_dict", key_filters=["drop_computed_buffers"])
+
+
+# ------------------------------------------------------------------------------------ strictness
+
+
+def test_missing_unexpected_and_misshapen_keys_are_listed(tmp_path, reference):
+    sd = reference.state_dict()
+    sd.pop("head.bias")
+    sd["extra.weight"] = torch.zeros(1)
+    sd["conv.bias"] = torch.zeros(5)
+    path = tmp_path / "bad_keys.pth"
+    torch.save(sd, path)
+    with pytest.raises(WeightsError) as caught:
+        load_checkpoint_into(TinyNet, path, container="state_dict")
+    message = str(caught.value)
+    for expected in ("1 missing: head.bias", "1 unexpected: extra.weight", "conv.bias (5,) != (4,)", str(path)):
+        assert expected in message, message
+
+
+def test_key_list_is_bounded():
+    net = build_on_meta(lambda: nn.Sequential(*[nn.Linear(1, 1) for _ in range(20)]))
+    with pytest.raises(WeightsError, match=r"40 missing: .* and 32 more"):
+        check_keys({}, net)
+
+
+def test_non_tensor_entries_are_refused(tmp_path):
+    path = tmp_path / "meta.pth"
+    torch.save({"weight": torch.zeros(1), "note": "hello"}, path)
+    with pytest.raises(WeightsError, match="not tensors: note"):
+        read_state_dict(path, container="state_dict")
+
+
+def test_unknown_filter_name_is_a_programming_error(tmp_path, reference):
+    path = tmp_path / "net.pth"
+    torch.save(reference.state_dict(), path)
+    with pytest.raises(ValueError, match="unknown key filter"):
+        load_checkpoint_into(TinyNet, path, container="state_dict", key_filters=["strip_everything"])
+
+
+def test_persistent_buffer_derived_from_a_parameter_comes_from_the_file(tmp_path):
+    class Sneaky(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(2, 2)
+            self.register_buffer("derived", self.linear.weight.detach().clone())  # meta during a fast build
+
+    torch.manual_seed(0)
+    sd = Sneaky().state_dict()
+    path = tmp_path / "sneaky.pth"
+    torch.save(sd, path)
+    net = load_checkpoint_into(Sneaky, path, container="state_dict")  # 'derived' is persistent: from the file
+    assert torch.equal(net.derived, sd["derived"])
+
+
+def test_computed_buffer_derived_from_a_parameter_is_reported_not_left_on_meta(tmp_path):
+    class Derived(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(2, 2)
+            self.register_buffer("scale", self.linear.weight.detach().abs().sum(), persistent=False)
+
+    path = tmp_path / "derived.pth"
+    torch.save(Derived().state_dict(), path)
+    with pytest.raises(WeightsError, match="left without weights after loading: scale"):
+        load_checkpoint_into(Derived, path, container="state_dict")

@@ -1,0 +1,183 @@
+"""NNET: surface normals with aleatoric uncertainty (Bae, Budvytis, Cipolla, ICCV 2021,
+baegwangbin/surface_normal_uncertainty), the network behind ControlNet's ``normalbae`` annotator.
+
+Written to load ``scannet.pt`` from ``lllyasviel/Annotators`` unchanged (after the named removal of a
+``module.`` prefix some copies carry): module names and ``nn.Sequential`` indices follow the file's keys.
+
+* Encoder: EfficientNet-B5 (AdvProp, TensorFlow "same" padding). timm's ``tf_efficientnet_b5`` with
+  ``num_classes=0`` has exactly the checkpoint's ``encoder.original_model.*`` keys and shapes, so the
+  encoder *is* timm's model; only its stem, blocks and 1x1 head convolution are run (the head's
+  BatchNorm and pooling feed nothing the decoder reads).
+* Decoder ("BN" architecture): a 1x1 conv on the 1/32 features, four upsample + skip-concat blocks
+  (conv3x3-BN-LeakyReLU twice) down to 1/2 resolution, a 3x3 conv giving a 1/8-resolution prediction,
+  then three refinement heads (per-pixel MLPs, ``Conv1d`` with kernel 1) at 1/4, 1/2 and 1/1.
+  Each prediction has 4 channels: a unit normal (x, y, z) and the concentration kappa > 0.
+
+Uncertainty-guided sampling: in training, each refinement head runs only on a subset of pixels
+(``sampling_ratio`` of them, ``importance_ratio`` of those chosen by highest uncertainty, the rest
+at random). At inference (``mode='test'`` in the original, and every ControlNet client config with
+sampling_ratio 0.4, importance_ratio 0.7) the heads run on *every* pixel, which is what
+``forward`` does here; the ratios are kept on the module as the client configuration.
+
+Inference shortcuts (exact up to float rounding, checked against the reference to 1e-4 in tests):
+
+* The first layer of each refinement head is a per-pixel affine map, and bilinear upsampling is a
+  per-channel convex combination, so the two commute: the head's first layer runs at the lower
+  resolution on the un-upsampled features (4x fewer pixels) and its 128-channel result is upsampled.
+* ``fuse_batchnorm()`` folds the decoder's eval-mode BatchNorm into the preceding convolutions.
+
+Input: ImageNet-normalised RGB (B, 3, H, W); H, W multiples of 32 keep every skip size aligned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Indices of the encoder blocks whose outputs the decoder reads (1/2, 1/4, 1/8, 1/16 resolution).
+_SKIP_BLOCKS = (0, 1, 2, 4)
+
+
+@dataclass(frozen=True)
+class NNETConfig:
+    """The ControlNet client configuration of NNET (``args`` in the original code)."""
+
+    architecture: str = "BN"
+    sampling_ratio: float = 0.4
+    importance_ratio: float = 0.7
+
+
+class Encoder(nn.Module):
+    """timm's ``tf_efficientnet_b5`` under ``original_model``; returns the decoder's five inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import timm
+
+        self.original_model = timm.create_model("tf_efficientnet_b5", pretrained=False, num_classes=0)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        net = self.original_model
+        x = net.bn1(net.conv_stem(x))
+        skips: list[torch.Tensor] = []
+        for index, block in enumerate(net.blocks):
+            x = block(x)
+            if index in _SKIP_BLOCKS:
+                skips.append(x)
+        # The 1/32 input of the decoder is the head convolution *before* its BatchNorm and activation.
+        skips.append(net.conv_head(x))
+        return skips
+
+
+class UpSampleBN(nn.Module):
+    """Upsample ``x`` to the skip's size (bilinear, align_corners), concatenate, two conv-BN-LeakyReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self._net = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(),
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+        return self._net(torch.cat([x, skip], dim=1))
+
+
+def _refinement_head(in_channels: int, hidden: int = 128) -> nn.Sequential:
+    """Per-pixel MLP as kernel-1 ``Conv1d`` layers (keys ``.0 .2 .4 .6``)."""
+    return nn.Sequential(
+        nn.Conv1d(in_channels, hidden, 1),
+        nn.ReLU(),
+        nn.Conv1d(hidden, hidden, 1),
+        nn.ReLU(),
+        nn.Conv1d(hidden, hidden, 1),
+        nn.ReLU(),
+        nn.Conv1d(hidden, 4, 1),
+    )
+
+
+def normalize_prediction(raw: torch.Tensor, min_kappa: float = 0.01) -> torch.Tensor:
+    """(B, 4, ...) raw output -> unit normal (channels 0..2) and kappa = elu + 1 + min_kappa (channel 3)."""
+    normal, kappa = raw[:, :3], raw[:, 3:]
+    length = torch.sqrt((normal * normal).sum(dim=1, keepdim=True)) + 1e-10
+    return torch.cat([normal / length, F.elu(kappa) + (1.0 + min_kappa)], dim=1)
+
+
+def _pointwise(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """Apply a kernel-1 Conv1d to a (B, C, H, W) map as a 1x1 convolution."""
+    return F.conv2d(x, conv.weight.unsqueeze(-1), conv.bias)
+
+
+class Decoder(nn.Module):
+    """NNET's decoder ("BN" architecture) in inference mode: every pixel refined at every scale."""
+
+    def __init__(self, config: NNETConfig = NNETConfig()) -> None:
+        super().__init__()
+        if config.architecture != "BN":
+            raise ValueError(f"only the 'BN' decoder (the ControlNet client config) is supported, not {config.architecture!r}")
+        self.sampling_ratio = config.sampling_ratio
+        self.importance_ratio = config.importance_ratio
+        self.conv2 = nn.Conv2d(2048, 2048, 1)
+        self.up1 = UpSampleBN(2048 + 176, 1024)
+        self.up2 = UpSampleBN(1024 + 64, 512)
+        self.up3 = UpSampleBN(512 + 40, 256)
+        self.up4 = UpSampleBN(256 + 24, 128)
+        self.out_conv_res8 = nn.Conv2d(512, 4, 3, padding=1)
+        self.out_conv_res4 = _refinement_head(512 + 4)
+        self.out_conv_res2 = _refinement_head(256 + 4)
+        self.out_conv_res1 = _refinement_head(128 + 4)
+
+    @staticmethod
+    def _refine(head: nn.Sequential, features: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """Prediction at twice the resolution of ``features``/``coarse`` (same size), every pixel.
+
+        The original upsamples the 516/260/132-channel concatenation and then applies the head's first
+        (linear) layer; applying that layer first and upsampling its 128 channels is the same map.
+        """
+        hidden = _pointwise(torch.cat([features, coarse], dim=1), head[0])
+        hidden = F.interpolate(hidden, scale_factor=2, mode="bilinear", align_corners=True)
+        hidden = torch.relu_(hidden)
+        hidden = torch.relu_(_pointwise(hidden, head[2]))
+        hidden = torch.relu_(_pointwise(hidden, head[4]))
+        return normalize_prediction(_pointwise(hidden, head[6]))
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        skip2, skip4, skip8, skip16, bottom = features
+        x16 = self.up1(self.conv2(bottom), skip16)
+        x8 = self.up2(x16, skip8)
+        x4 = self.up3(x8, skip4)
+        x2 = self.up4(x4, skip2)
+        out_res8 = normalize_prediction(self.out_conv_res8(x8))
+        out_res4 = self._refine(self.out_conv_res4, x8, out_res8)
+        out_res2 = self._refine(self.out_conv_res2, x4, out_res4)
+        out_res1 = self._refine(self.out_conv_res1, x2, out_res2)
+        return [out_res8, out_res4, out_res2, out_res1]
+
+
+class NNET(nn.Module):
+    """Encoder + decoder; ``forward`` returns the predictions at 1/8, 1/4, 1/2 and full resolution."""
+
+    def __init__(self, config: NNETConfig = NNETConfig()) -> None:
+        super().__init__()
+        self.encoder = Encoder()
+        self.decoder = Decoder(config)
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return self.decoder(self.encoder(image))
+
+    def predict_normals(self, image: torch.Tensor) -> torch.Tensor:
+        """The full-resolution unit normals (B, 3, H, W) of a normalised image batch."""
+        return self.forward(image)[-1][:, :3]
+
+
+def normalbae_network() -> NNET:
+    """The network of ``scannet.pt`` in the ControlNet client configuration."""
+    return NNET(NNETConfig())
