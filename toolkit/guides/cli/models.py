@@ -204,7 +204,7 @@ def verify(ctx: click.Context, names: tuple[str, ...], models_dir: str | None, q
         finally:
             if progress is not None:
                 progress.close()
-        if not problems:
+        if not problems and entry.sha256 is None:  # a matching sha256 already proves every byte
             archive = _archive_problem(path)
             if archive:
                 problems.append(archive)
@@ -212,7 +212,7 @@ def verify(ctx: click.Context, names: tuple[str, ...], models_dir: str | None, q
             mismatches += 1
             click.echo(f"{entry.name}: MISMATCH {path}: {'; '.join(problems)}")
         else:
-            checked = "size, sha256" if entry.sha256 else "size" if entry.size else "archive CRC only"
+            checked = "size, sha256" if entry.sha256 else "size, archive CRC" if entry.size else "archive CRC only"
             click.echo(f"{entry.name}: ok ({checked}) {path}")
     ctx.exit(1 if mismatches else 0)
 
