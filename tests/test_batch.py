@@ -177,3 +177,14 @@ def test_killed_run_leaves_no_trusted_partial_files_and_rerun_completes(tmp_path
 def test_input_error_message_names_the_file(tmp_path: Path) -> None:
     error = InputError(tmp_path / "x.png", "empty file (0 bytes)")
     assert str(error) == f"{tmp_path / 'x.png'}: empty file (0 bytes)"
+
+
+def test_progress_bar_shows_rate_and_counts(tmp_path: Path, make_photo, capsys) -> None:
+    for index in range(3):
+        _save(tmp_path / f"{index}.png", index, make_photo)
+    jobs, _ = plan_jobs([tmp_path], ["half"], tmp_path / "out")
+    run_jobs(jobs, {"half": RecordingStage(1)}, progress=True)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "file/s" in err
+    run_jobs(jobs, {"half": RecordingStage(1)}, progress=False, overwrite=True)
+    assert capsys.readouterr().err == ""

@@ -65,3 +65,27 @@ def test_diffusers_repos_of_the_controlnet_stage():
     assert get_diffusers_repo("lllyasviel/control_v11p_sd15_canny").name == "controlnet-canny"
     assert get_diffusers_repo("sd15").role == "base"
     assert get_diffusers_repo("someone/else") is None
+
+
+def test_models_readme_lists_every_checkpoint_with_its_recorded_facts():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "models" / "README.md").read_text()
+    for entry in CHECKPOINTS.values():
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{entry.name}` |")), None)
+        assert row is not None, f"models/README.md has no row for {entry.name}"
+        assert entry.basename in row and (entry.repo in row), row
+        if entry.size is not None:
+            assert f"{entry.size:,}" in row, (entry.size, row)
+        if entry.sha256 is not None:
+            assert entry.sha256 in row, row
+    for repo in DIFFUSERS_REPOS.values():
+        assert f"| `{repo.name}` |" in readme and repo.repo in readme, repo.name
+
+
+def test_key_filters_recorded_per_checkpoint():
+    filters = {name: entry.key_filters for name, entry in CHECKPOINTS.items() if entry.key_filters}
+    assert filters == {"normals": ("strip_module_prefix",), "depth": ("drop_computed_buffers",)}
+    from guides.weights.load import KEY_FILTERS
+
+    assert all(f in KEY_FILTERS for fs in filters.values() for f in fs)

@@ -94,9 +94,10 @@ def test_loaded_parameters_keep_requires_grad_and_are_parameters(tmp_path, refer
     assert net.norm.num_batches_tracked.item() == 7
 
 
-def test_half_precision_file_is_cast_like_a_plain_load(tmp_path, reference, sample):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_file_is_cast_like_a_plain_load(tmp_path, reference, sample, dtype):
     path = tmp_path / "half.pth"
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in reference.state_dict().items()}, path)
+    torch.save({k: v.to(dtype) if v.is_floating_point() else v for k, v in reference.state_dict().items()}, path)
     fast = load_checkpoint_into(TinyNet, path, container="state_dict")
     plain = plain_load(path, "state_dict")
     assert fast.conv.weight.dtype == torch.float32
@@ -126,6 +127,21 @@ def test_meta_build_skips_parameter_init_but_computes_buffers():
     assert all(p.is_meta for p in net.parameters())
     assert torch.equal(net.index_table, torch.arange(6).view(2, 3))  # computed on the CPU
     assert not net.norm.running_var.is_meta
+
+
+def test_meta_build_keeps_attributes_hung_on_parameters(tmp_path):
+    class Tagged(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(3), requires_grad=False)
+            self.weight.no_weight_decay = True
+
+    net = build_on_meta(Tagged)
+    assert net.weight.is_meta and net.weight.no_weight_decay is True and not net.weight.requires_grad
+    path = tmp_path / "tagged.pth"
+    torch.save({"weight": torch.arange(3.0)}, path)
+    loaded = load_checkpoint_into(Tagged, path, container="state_dict")
+    assert torch.equal(loaded.weight, torch.arange(3.0)) and not loaded.weight.requires_grad
 
 
 def test_meta_build_does_not_leak_to_other_threads():
@@ -174,7 +190,8 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, wrapped_in_torch_z
     with pytest.raises(WeightsError) as caught:
         read_state_dict(path, container="state_dict")
     message = str(caught.value)
-    assert str(path) in message and "refused" in message and "run code" in message, message
+    assert str(path) in message and "refused" in message and "would call" in message, message
+    assert "open" in message, message  # names what it would have run (builtins.open / io.open)
     assert not marker.exists()
     with pytest.raises(WeightsError):
         load_checkpoint_into(TinyNet, path, container="state_dict")
@@ -195,11 +212,24 @@ def test_truncated_file_names_the_file_and_suggests_redownload(tmp_path, referen
     assert "guides models download lineart" in message, message  # file name known: the catalog name
 
 
-def test_garbage_file_is_a_weights_error(tmp_path):
+@pytest.mark.parametrize("content", [b"hello", os.urandom(4096), b"\x80\x02" + os.urandom(4096)])
+def test_garbage_file_is_called_corrupt_not_unsafe(tmp_path, content):
     path = tmp_path / "noise.bin"
-    path.write_bytes(os.urandom(4096))
-    with pytest.raises(WeightsError, match="noise.bin"):
+    path.write_bytes(content)
+    with pytest.raises(WeightsError) as caught:
         read_state_dict(path, container="state_dict")
+    message = str(caught.value)
+    assert message.startswith(f"{path}: cannot read checkpoint") and "corrupt" in message, message
+    assert "refused" not in message and len(message) < 400, message
+
+
+def test_numpy_pickles_are_refused_with_a_short_message(tmp_path):
+    numpy = pytest.importorskip("numpy")
+    path = tmp_path / "numpy.pth"
+    torch.save({"w": numpy.zeros(3)}, path)
+    with pytest.raises(WeightsError, match=r"refused to load: .* would call numpy\.") as caught:
+        read_state_dict(path, container="state_dict")
+    assert len(str(caught.value)) < 300, str(caught.value)
 
 
 def test_missing_file_is_a_weights_error(tmp_path):
@@ -372,3 +402,17 @@ def test_computed_buffer_derived_from_a_parameter_is_reported_not_left_on_meta(t
     torch.save(Derived().state_dict(), path)
     with pytest.raises(WeightsError, match="left without weights after loading: scale"):
         load_checkpoint_into(Derived, path, container="state_dict")
+
+
+def test_load_named_checkpoint_applies_the_catalogs_container_and_filters(tmp_path, reference, sample):
+    from guides.weights import load_named_checkpoint
+
+    torch.save({"model": {f"module.{k}": v for k, v in reference.state_dict().items()}}, tmp_path / "scannet.pt")
+    net = load_named_checkpoint("normals", TinyNet, models_dir=tmp_path)
+    with torch.no_grad():
+        assert torch.equal(net(sample), reference(sample))
+    explicit = tmp_path / "elsewhere.pt"
+    torch.save({"model": {**reference.state_dict(), "index_table": torch.arange(6).view(2, 3)}}, explicit)
+    net = load_named_checkpoint("depth", TinyNet, explicit=explicit)
+    with torch.no_grad():
+        assert torch.equal(net(sample), reference(sample))

@@ -75,6 +75,19 @@ def test_guides_models_dir_environment_variable(tmp_path, monkeypatch):
     assert resolve_checkpoint("normals") == tmp_path / "scannet.pt"
 
 
+@pytest.mark.parametrize("via_env", [False, True])
+def test_a_models_folder_that_does_not_exist_is_an_error(tmp_path, monkeypatch, via_env):
+    missing = tmp_path / "modles"
+    if via_env:
+        monkeypatch.setenv("GUIDES_MODELS_DIR", str(missing))
+    with pytest.raises(WeightsError, match="models folder not found") as caught:
+        resolve_checkpoint("depth", models_dir=None if via_env else missing)
+    assert str(missing) in str(caught.value)
+    assert ("GUIDES_MODELS_DIR" if via_env else "--models-dir") in str(caught.value)
+    with pytest.raises(WeightsError, match="models folder not found"):
+        resolve_diffusers_repo("sd15", models_dir=None if via_env else missing)
+
+
 def test_models_dir_argument_overrides_the_environment(tmp_path, monkeypatch):
     env_dir, arg_dir = tmp_path / "env", tmp_path / "arg"
     for folder in (env_dir, arg_dir):

@@ -28,7 +28,7 @@ from .registry import available, get  # noqa: E402
 
 __all__ = [
     "Annotator", "GuidesError", "InputError", "UsageError", "WeightsError",
-    "annotate", "available", "canny", "composite", "get", "load",
+    "annotate", "available", "canny", "composite", "depth", "get", "load",
 ]
 
 
@@ -49,6 +49,13 @@ def annotate(name: str, image: ImageLike, **options: Any) -> Image.Image:
 def canny(image: ImageLike, low: int = 100, high: int = 200, resolution: int = 0) -> Image.Image:
     """Canny edges (L, 0/255), bit-exact with ``cv2.Canny(cv2.imread(path), low, high)``."""
     return annotate("canny", image, low=low, high=high, resolution=resolution)
+
+
+def depth(image: ImageLike, format: str = "rgba", flip: bool = True, pad: bool = True, resolution: int = 0,
+          **options: Any) -> Image.Image:
+    """ZoeDepth (ZoeD_N) depth: RGBA near = white as the original colouring; ``format="gray"`` (L) or
+    ``"metric16"`` (I;16, metres * 256). ``options``: device, precision, models_dir, checkpoint."""
+    return annotate("depth", image, format=format, flip=flip, pad=pad, resolution=resolution, **options)
 
 
 def composite(

@@ -86,8 +86,12 @@ def annotator_command(spec: AnnotatorSpec) -> click.Command:
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None)
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=None)
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=str), envvar="GUIDES_MODELS_DIR", default=None)
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="ray: Ray Data (pip install \"controlnet-guides[ray]\"); same outputs and rules.")
+@click.option("--ray-address", default=None, help="Ray cluster to use (e.g. ray://head:10001) [default: start a local Ray runtime].")
+@click.option("--num-gpus-per-worker", type=click.FloatRange(0, 64), default=0.0, help="GPU fraction per annotator actor on Ray (learned annotators), e.g. 0.25.")
 def run(annotators: str, inputs: tuple[str, ...], output: str | None, overwrite: bool, jobs: int | None,
-        max_pixels: int, quiet: bool, as_json: bool, **shared: Any) -> None:
+        max_pixels: int, quiet: bool, as_json: bool, engine: str, ray_address: str | None,
+        num_gpus_per_worker: float, **shared: Any) -> None:
     """Run several annotators (comma-separated, e.g. canny,depth) decoding each image once.
 
     With -o OUT, guides go to OUT/<annotator>/<relative path>.png; without -o, beside each input as
@@ -97,6 +101,8 @@ def run(annotators: str, inputs: tuple[str, ...], output: str | None, overwrite:
     names = [name.strip() for name in annotators.split(",") if name.strip()]
     if not names:
         raise UsageError("name at least one annotator, e.g. canny,depth")
+    if engine == "local" and (ray_address or num_gpus_per_worker):
+        raise UsageError("--ray-address and --num-gpus-per-worker need --engine ray")
     specs = [get(name) for name in dict.fromkeys(names)]
     loaders: dict[str, Callable[[], Annotator]] = {}
     for spec in specs:
@@ -104,7 +110,14 @@ def run(annotators: str, inputs: tuple[str, ...], output: str | None, overwrite:
         options = spec.options(**{k: v for k, v in shared.items() if v is not None and k in fields})
         loaders[spec.name] = (lambda spec=spec, options=options: spec.annotator_class()(options))
     planned, failures = plan_jobs(inputs, [s.name for s in specs], output, per_stage_folders=True, own_outputs=REGISTRY)
-    summary = _run(planned, failures, loaders, jobs, overwrite, max_pixels, quiet)
+    if engine == "ray":
+        from ..dataset.ray_engine import run_specs_on_ray
+
+        summary = run_specs_on_ray(specs, loaders, planned, failures, batch_size=shared.get("batch_size"), workers=jobs,
+                                   overwrite=overwrite, max_pixels=max_pixels, quiet=quiet, address=ray_address,
+                                   num_gpus_per_worker=num_gpus_per_worker)
+    else:
+        summary = _run(planned, failures, loaders, jobs, overwrite, max_pixels, quiet)
     _report(summary, as_json)
 
 

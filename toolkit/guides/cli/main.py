@@ -22,6 +22,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("guides.cli.annotate:run", "Several annotators in one pass: OUT/<annotator>/<path>."),
     "composite": ("guides.cli.annotate:composite", "Inpainting target: keep the image where the mask is black."),
     "inpaint-target": ("guides.cli.inpaint:inpaint_target", "Subject mask and inpainting target in one step (SAM)."),
+    "dataset": ("guides.cli.dataset:dataset", "Export photos + guides + captions as a ControlNet training set."),
     "models": ("guides.cli.models:models", "List, download, verify and locate checkpoints."),
     "generate": ("guides.cli.diffusion:generate", "Generate an image from guides with ControlNet (SD 1.5)."),
     "reproduce": ("guides.cli.diffusion:reproduce", "Reproduce the reference ControlNet images, with a report."),

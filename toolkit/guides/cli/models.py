@@ -93,7 +93,7 @@ def models() -> None:
     """
 
 
-@models.command("list")
+@models.command("list", short_help="Every checkpoint and where it is found.")
 @MODELS_DIR_OPTION
 def list_models(models_dir: str | None) -> None:
     """Every checkpoint: name, used by, file, size, and where it is found (or "missing")."""
@@ -114,7 +114,7 @@ def list_models(models_dir: str | None) -> None:
     _table(rows)
 
 
-@models.command("download")
+@models.command("download", short_help="Download checkpoints and check them.")
 @click.argument("names", nargs=-1)
 @click.option("--all", "all_checkpoints", is_flag=True, help="Every annotator checkpoint (diffusers models by name).")
 @click.option(
@@ -180,7 +180,7 @@ def _legacy_torch_file(path: Path) -> bool:
         return handle.read(2) == b"\x80\x02"
 
 
-@models.command("verify")
+@models.command("verify", short_help="Check sizes and checksums; a mismatch exits 1.")
 @click.argument("names", nargs=-1)
 @MODELS_DIR_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar while hashing.")
@@ -225,7 +225,7 @@ def _hash_progress(entry: Checkpoint, path: Path, quiet: bool) -> Any:
     return tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"sha256 {entry.name}", leave=False)
 
 
-@models.command("path")
+@models.command("path", short_help="Print the file (or folder) NAME resolves to.")
 @click.argument("name")
 @MODELS_DIR_OPTION
 @click.option("--download/--no-download", default=False, show_default=True, help="Download it when missing.")

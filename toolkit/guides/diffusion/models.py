@@ -96,7 +96,7 @@ def locate_model(
             found = Path(resolve_diffusers_repo(model_id, models_dir, download=True))
         except WeightsError as download_error:
             return ModelLocation(role, kind, model_id, None, "missing", problem=str(download_error))
-        source, revision = _source_of(model_id, found, models_dir)
+        _, revision = _source_of(model_id, found, models_dir)
         return ModelLocation(role, kind, model_id, found, "downloaded", revision)
     problem = _check_folder(role, found)
     source, revision = _source_of(model_id, found, models_dir)
@@ -223,8 +223,8 @@ def load_base(path: Path, device: Any, dtype: Any) -> BaseComponents:
     try:
         vae = AutoencoderKL.from_pretrained(path / "vae", **kwargs)
         unet = UNet2DConditionModel.from_pretrained(path / "unet", **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype)
-        tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
+        text_encoder = _quietly(lambda: CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype))
+        tokenizer = _quietly(lambda: CLIPTokenizer.from_pretrained(path / "tokenizer"))
     except (OSError, ValueError, RuntimeError) as error:
         raise WeightsError(f"{path}: cannot load the base model ({_first_line(error)})") from None
     scheduler_dir = path / "scheduler"
@@ -244,6 +244,19 @@ def load_base(path: Path, device: Any, dtype: Any) -> BaseComponents:
         module.eval()
         module.requires_grad_(False)
     return BaseComponents(vae, text_encoder, tokenizer, unet, dict(base_scheduler.config), class_name)
+
+
+def _quietly(load: Any) -> Any:
+    """Run a transformers loader without its own progress bar (ours is the one on screen)."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def load_controlnet(path: Path, device: Any, dtype: Any) -> Any:
@@ -287,7 +300,7 @@ def library_versions() -> dict[str, str | None]:
     try:
         import torch
 
-        versions["cuda"] = torch.version.cuda
+        versions["torch_cuda_build"] = torch.version.cuda
         versions["cudnn"] = str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None
     except ImportError:  # pragma: no cover - torch is required for generation
         pass

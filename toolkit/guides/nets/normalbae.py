@@ -73,10 +73,18 @@ class Encoder(nn.Module):
 
 
 class UpSampleBN(nn.Module):
-    """Upsample ``x`` to the skip's size (bilinear, align_corners), concatenate, two conv-BN-LeakyReLU."""
+    """Upsample ``x`` to the skip's size (bilinear, align_corners), concatenate, two conv-BN-LeakyReLU.
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    After ``fuse()`` (inference only) the same map is computed with less work: BatchNorm is folded into
+    the convolutions, and the first 3x3 convolution of the *upsampled* channels is split into its
+    nine 1x1 taps, applied at the low resolution (4x fewer pixels; mixing channels commutes with
+    bilinear interpolation), upsampled and summed with the tap's spatial shift (zero outside, as the
+    convolution's zero padding). The skip channels go through an ordinary 3x3 convolution.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, skip_channels: int) -> None:
         super().__init__()
+        self.upsampled_channels = in_channels - skip_channels
         self._net = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, padding=1),
             nn.BatchNorm2d(out_channels),
@@ -85,10 +93,49 @@ class UpSampleBN(nn.Module):
             nn.BatchNorm2d(out_channels),
             nn.LeakyReLU(),
         )
+        self.fused = False
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Precompute the inference weights (non-persistent buffers: the state dict is unchanged)."""
+        conv1, norm1, _, conv2, norm2, _ = self._net
+        weight1, bias1 = _fold_batchnorm(conv1, norm1)
+        weight2, bias2 = _fold_batchnorm(conv2, norm2)
+        out_channels = weight1.shape[0]
+        upsampled = weight1[:, : self.upsampled_channels]
+        # (out, in, 3, 3) -> (9 * out, in, 1, 1), tap-major: rows [k * out, (k + 1) * out) are tap k = 3 * ky + kx.
+        taps = upsampled.permute(2, 3, 0, 1).reshape(9 * out_channels, self.upsampled_channels, 1, 1)
+        self.register_buffer("_taps", taps.contiguous(), persistent=False)
+        self.register_buffer("_skip_weight", weight1[:, self.upsampled_channels :].contiguous(), persistent=False)
+        self.register_buffer("_bias1", bias1, persistent=False)
+        self.register_buffer("_weight2", weight2, persistent=False)
+        self.register_buffer("_bias2", bias2, persistent=False)
+        self.fused = True
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
-        return self._net(torch.cat([x, skip], dim=1))
+        if not self.fused:
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+            return self._net(torch.cat([x, skip], dim=1))
+        height, width = skip.shape[-2:]
+        out_channels = self._bias1.shape[0]
+        taps = F.interpolate(F.conv2d(x, self._taps), size=(height, width), mode="bilinear", align_corners=True)
+        out = F.conv2d(skip, self._skip_weight, self._bias1, padding=1)
+        for ky in range(3):
+            for kx in range(3):
+                k = 3 * ky + kx
+                dy, dx = ky - 1, kx - 1
+                out[:, :, max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)] += taps[
+                    :, k * out_channels : (k + 1) * out_channels, max(0, dy) : height - max(0, -dy), max(0, dx) : width - max(0, -dx)
+                ]
+        out = F.leaky_relu_(out)
+        return F.leaky_relu_(F.conv2d(out, self._weight2, self._bias2, padding=1))
+
+
+def _fold_batchnorm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of ``norm(conv(x))`` as one convolution (eval-mode BatchNorm is affine)."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    return conv.weight * scale[:, None, None, None], (bias - norm.running_mean) * scale + norm.bias
 
 
 def _refinement_head(in_channels: int, hidden: int = 128) -> nn.Sequential:
@@ -126,10 +173,10 @@ class Decoder(nn.Module):
         self.sampling_ratio = config.sampling_ratio
         self.importance_ratio = config.importance_ratio
         self.conv2 = nn.Conv2d(2048, 2048, 1)
-        self.up1 = UpSampleBN(2048 + 176, 1024)
-        self.up2 = UpSampleBN(1024 + 64, 512)
-        self.up3 = UpSampleBN(512 + 40, 256)
-        self.up4 = UpSampleBN(256 + 24, 128)
+        self.up1 = UpSampleBN(2048 + 176, 1024, skip_channels=176)
+        self.up2 = UpSampleBN(1024 + 64, 512, skip_channels=64)
+        self.up3 = UpSampleBN(512 + 40, 256, skip_channels=40)
+        self.up4 = UpSampleBN(256 + 24, 128, skip_channels=24)
         self.out_conv_res8 = nn.Conv2d(512, 4, 3, padding=1)
         self.out_conv_res4 = _refinement_head(512 + 4)
         self.out_conv_res2 = _refinement_head(256 + 4)

@@ -71,7 +71,9 @@ class ZoeDepthConfig:
     seed_mlp_dim: int = 256
     mlp_dim: int = 128
     n_attractors: tuple[int, int, int, int] = (16, 8, 4, 1)
-    attractor_alpha: float = 1000.0
+    attractor_alpha: float = 300.0
+    """ZoeD_N's config says 1000, but ZoeDepth's attractor layer never passes alpha or gamma on to the
+    attractor function, which runs with its defaults (300, 2): the network was trained and is run so."""
     attractor_gamma: int = 2
     min_temp: float = 0.0212
     max_temp: float = 50.0
@@ -127,70 +129,6 @@ def _resized_bias_table(table: torch.Tensor, trained: int, height: int, width: i
     return torch.cat([patch_rows, table[side * side:]])
 
 
-class _BeitEncoder(nn.Module):
-    """timm's BEiT (``model``) run at any multiple of 16, returning the tokens after the hooked blocks."""
-
-    def __init__(self, config: ZoeDepthConfig) -> None:
-        super().__init__()
-        from timm.models.beit import Beit
-
-        self.model = Beit(
-            img_size=config.pretrain_size, patch_size=16, num_classes=config.num_classes,
-            embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads, mlp_ratio=4.0,
-            qkv_bias=True, use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1e-5,
-        )
-        self.hooks = config.hooks
-        self.trained_grid = config.pretrain_size // 16
-        self._index_cache: dict[tuple[int, int, str], torch.Tensor] = {}
-
-    def _index(self, height: int, width: int, device: torch.device) -> torch.Tensor:
-        key = (height, width, str(device))
-        index = self._index_cache.get(key)
-        if index is None:
-            if len(self._index_cache) >= 8:
-                self._index_cache.clear()
-            index = relative_position_index(height, width).flatten().to(device)
-            self._index_cache[key] = index
-        return index
-
-    def _bias(self, attn: nn.Module, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-        """The (1, heads, N, N) attention bias of one block for a height x width grid (N = h*w + 1)."""
-        table = attn.relative_position_bias_table
-        table = _resized_bias_table(table.float(), self.trained_grid, height, width)
-        tokens = height * width + 1
-        index = self._index(height, width, table.device)
-        # Gather from the transposed table: the result is laid out (heads, N, N) with no permute copy.
-        bias = table.t().contiguous().index_select(1, index).view(1, -1, tokens, tokens)
-        return bias.to(dtype)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) normalised image, H and W multiples of 16 -> tokens (B, 1 + HW/256, C) per hook."""
-        model = self.model
-        batch = x.shape[0]
-        height, width = x.shape[2] // 16, x.shape[3] // 16
-        x = model.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        x = model.patch_embed.norm(x)
-        x = torch.cat([model.cls_token.expand(batch, -1, -1), x], dim=1)
-        outputs = []
-        for index, block in enumerate(model.blocks[: max(self.hooks) + 1]):
-            attn = block.attn
-            bias = self._bias(attn, height, width, x.dtype)
-            x = x + block.gamma_1 * self._attention(attn, block.norm1(x), bias)
-            x = x + block.gamma_2 * block.mlp(block.norm2(x))
-            if index in self.hooks:
-                outputs.append(x)
-        return outputs
-
-    @staticmethod
-    def _attention(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        batch, tokens, channels = x.shape
-        qkv_bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
-        qkv = F.linear(x, attn.qkv.weight, qkv_bias)
-        q, k, v = qkv.view(batch, tokens, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
-        return attn.proj(out.transpose(1, 2).reshape(batch, tokens, -1))
-
-
 class _ReadoutProject(nn.Module):
     """DPT's "project" readout: Linear(patch token ++ class token) -> GELU, per patch token."""
 
@@ -232,22 +170,79 @@ class _Reassemble(nn.Module):
 
 
 class _Encoder(nn.Module):
-    """``core.core.pretrained``: the BEiT and the four reassemble stages."""
+    """``core.core.pretrained``: timm's BEiT (``model``) run at any multiple of 16, and the four reassemble
+    stages turning the tokens after the hooked blocks into feature maps at 1/4 .. 1/32 of the input."""
 
     def __init__(self, config: ZoeDepthConfig) -> None:
         super().__init__()
+        from timm.models.beit import Beit
+
         dim, (c1, c2, c3, c4) = config.embed_dim, config.reassemble_channels
-        self.model = _BeitEncoder(config)
+        self.model = Beit(
+            img_size=config.pretrain_size, patch_size=16, num_classes=config.num_classes,
+            embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads, mlp_ratio=4.0,
+            qkv_bias=True, use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1e-5,
+        )
         self.act_postprocess1 = _Reassemble(dim, c1, nn.ConvTranspose2d(c1, c1, kernel_size=4, stride=4))
         self.act_postprocess2 = _Reassemble(dim, c2, nn.ConvTranspose2d(c2, c2, kernel_size=2, stride=2))
         self.act_postprocess3 = _Reassemble(dim, c3, None)
         self.act_postprocess4 = _Reassemble(dim, c4, nn.Conv2d(c4, c4, kernel_size=3, stride=2, padding=1))
+        self.hooks = config.hooks
+        self.trained_grid = config.pretrain_size // 16
+        self._index_cache: dict[tuple[int, int, str], torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) normalised image, H and W multiples of 16 -> four channels-last feature maps."""
         height, width = x.shape[2] // 16, x.shape[3] // 16
-        tokens = self.model(x)
+        tokens = self._tokens(x)
         stages = (self.act_postprocess1, self.act_postprocess2, self.act_postprocess3, self.act_postprocess4)
         return [stage(t, height, width) for stage, t in zip(stages, tokens)]
+
+    def _tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The BEiT's tokens (B, 1 + HW/256, C) after each hooked block."""
+        model = self.model
+        batch = x.shape[0]
+        height, width = x.shape[2] // 16, x.shape[3] // 16
+        x = model.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        x = model.patch_embed.norm(x)
+        x = torch.cat([model.cls_token.expand(batch, -1, -1), x], dim=1)
+        outputs = []
+        for index, block in enumerate(model.blocks[: max(self.hooks) + 1]):
+            attn = block.attn
+            bias = self._bias(attn, height, width, x.dtype)
+            x = x + block.gamma_1 * self._attention(attn, block.norm1(x), bias)
+            x = x + block.gamma_2 * block.mlp(block.norm2(x))
+            if index in self.hooks:
+                outputs.append(x)
+        return outputs
+
+    def _index(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        key = (height, width, str(device))
+        index = self._index_cache.get(key)
+        if index is None:
+            if len(self._index_cache) >= 8:
+                self._index_cache.clear()
+            index = relative_position_index(height, width).flatten().to(device)
+            self._index_cache[key] = index
+        return index
+
+    def _bias(self, attn: nn.Module, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """The (1, heads, N, N) attention bias of one block for a height x width grid (N = h*w + 1)."""
+        table = _resized_bias_table(attn.relative_position_bias_table.float(), self.trained_grid, height, width)
+        tokens = height * width + 1
+        index = self._index(height, width, table.device)
+        # Gather from the transposed table: the result is laid out (heads, N, N) with no permute copy.
+        bias = table.t().contiguous().index_select(1, index).view(1, -1, tokens, tokens)
+        return bias.to(dtype)
+
+    @staticmethod
+    def _attention(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        qkv_bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+        qkv = F.linear(x, attn.qkv.weight, qkv_bias)
+        q, k, v = qkv.view(batch, tokens, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
+        return attn.proj(out.transpose(1, 2).reshape(batch, tokens, -1))
 
 
 # ------------------------------------------------------------------------------------------- DPT neck
@@ -379,15 +374,20 @@ class _MidasCore(nn.Module):
 # ------------------------------------------------------------------------------------------ metric head
 
 
+def _mlp_layers(in_features: int, hidden: int, out_features: int, softplus: bool) -> nn.Sequential:
+    """1x1 conv -> ReLU -> 1x1 conv [-> Softplus]: the ``_net`` of every small head module."""
+    layers = [nn.Conv2d(in_features, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, out_features, 1)]
+    if softplus:
+        layers.append(nn.Softplus())
+    return nn.Sequential(*layers)
+
+
 class _Mlp(nn.Module):
-    """``_net``: 1x1 conv -> ReLU -> 1x1 conv [-> Softplus] (seed bins, projectors, attractors)."""
+    """Seed bin regressor (softplus: unbounded bin centres) and bin-embedding projectors."""
 
     def __init__(self, in_features: int, hidden: int, out_features: int, softplus: bool) -> None:
         super().__init__()
-        layers = [nn.Conv2d(in_features, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, out_features, 1)]
-        if softplus:
-            layers.append(nn.Softplus())
-        self._net = nn.Sequential(*layers)
+        self._net = _mlp_layers(in_features, hidden, out_features, softplus)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._net(x)
@@ -404,7 +404,7 @@ class _Attractor(nn.Module):
         super().__init__()
         self.alpha = config.attractor_alpha
         self.gamma = config.attractor_gamma
-        self._net = _Mlp(config.bin_embedding_dim, config.mlp_dim, n_attractors, softplus=True)._net
+        self._net = _mlp_layers(config.bin_embedding_dim, config.mlp_dim, n_attractors, softplus=True)
 
     def forward(self, embedding: torch.Tensor, centers: torch.Tensor, prev_embedding: torch.Tensor) -> torch.Tensor:
         x = embedding + _resize(prev_embedding, embedding.shape[-2:])
@@ -492,7 +492,7 @@ class ZoeDepth(nn.Module):
         return [module for name, module in self.named_children() if name != "core"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        midas = self.core(x)
+        midas = self.core(x.to(self.core.core.scratch.layer1_rn.weight.dtype))
         head_dtype = self.conv2.weight.dtype
         f = {name: value.to(head_dtype) for name, value in midas.items()}
         x = self.conv2(f["l4_rn"])

@@ -17,9 +17,10 @@ Contract used by every learned annotator and the ControlNet stage:
   filters (``"strip_module_prefix"``, ``"drop_computed_buffers"`` or the functions themselves), loads
   strictly by assignment, returns the network in eval mode on the CPU.
 * ``read_state_dict(path, *, container) -> dict[str, Tensor]``: the safe read alone.
-* ``load_named_checkpoint(name, factory, explicit=None, models_dir=None, key_filters=())``: resolve +
-  load with the catalog's container (``strip_module_prefix`` added where the catalog says keys may
-  carry ``module.``).
+* ``load_named_checkpoint(name, factory, explicit=None, models_dir=None, key_filters=None) -> nn.Module``: resolve + load
+  with the catalog's container and key filters (``CHECKPOINTS[name].key_filters``). The simplest call
+  for an annotator: ``load_named_checkpoint("depth", build_zoedepth, options.checkpoint,
+  options.models_dir)``.
 
 Importing this package does not import torch or huggingface_hub.
 """
@@ -68,12 +69,15 @@ def load_named_checkpoint(
     factory: Callable[[], nn.Module],
     explicit: str | Path | None = None,
     models_dir: str | Path | None = None,
-    key_filters: Sequence[KeyFilterSpec] = (),
+    key_filters: Sequence[KeyFilterSpec] | None = None,
 ) -> nn.Module:
-    """Resolve the catalog checkpoint ``name`` and load it into ``factory()`` with the catalog's container."""
+    """Resolve the catalog checkpoint ``name`` and load it into ``factory()`` the way the catalog says.
+
+    Container and key filters come from the entry (``Checkpoint.key_filters``: normals strips
+    ``module.``, depth drops its saved relative_position_index tables after checking them);
+    ``key_filters`` replaces the catalog's list when given.
+    """
     entry = get_checkpoint(name)
     path = resolve_checkpoint(name, explicit=explicit, models_dir=models_dir)
-    filters = list(key_filters)
-    if entry.may_have_module_prefix and "strip_module_prefix" not in filters and strip_module_prefix not in filters:
-        filters.insert(0, "strip_module_prefix")
+    filters = entry.key_filters if key_filters is None else tuple(key_filters)
     return load_checkpoint_into(factory, path, container=entry.container, key_filters=filters)

@@ -43,6 +43,7 @@ class Checkpoint:
     revision: str = "main"
     approx_size: int | None = None
     may_have_module_prefix: bool = False
+    has_saved_computed_buffers: bool = False
     size: int | None = None
     sha256: str | None = None
     md5_prefix: str | None = None
@@ -57,6 +58,16 @@ class Checkpoint:
     def flat_names(self) -> tuple[str, ...]:
         """Names accepted in a flat models folder: the hub file name, then its basename if different."""
         return (self.filename,) if self.basename == self.filename else (self.filename, self.basename)
+
+    @property
+    def key_filters(self) -> tuple[str, ...]:
+        """The named key transformations (guides.weights.load.KEY_FILTERS) this file needs, in order."""
+        filters: list[str] = []
+        if self.may_have_module_prefix:
+            filters.append("strip_module_prefix")
+        if self.has_saved_computed_buffers:
+            filters.append("drop_computed_buffers")
+        return tuple(filters)
 
     @property
     def size_hint(self) -> int:
@@ -128,6 +139,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             repo=ANNOTATORS_REPO,
             filename="ZoeD_M12_N.pt",
             container="model_dict",
+            has_saved_computed_buffers=True,
             licence="MIT (isl-org/ZoeDepth)",
             used_by="depth",
             size=1_443_406_099,
@@ -190,7 +202,7 @@ DIFFUSERS_REPOS: dict[str, DiffusersRepo] = {
             repo="lllyasviel/control_v11p_sd15_canny",
             role="controlnet",
             guide="canny",
-            licence="CreativeML OpenRAIL-M",
+            licence="OpenRAIL (ControlNet v1.1)",
             used_by="generate, reproduce",
             approx_size=1_450 * _MB,
             allow_patterns=("*.json", "diffusion_pytorch_model.safetensors"),
@@ -200,7 +212,7 @@ DIFFUSERS_REPOS: dict[str, DiffusersRepo] = {
             repo="lllyasviel/control_v11f1p_sd15_depth",
             role="controlnet",
             guide="depth",
-            licence="CreativeML OpenRAIL-M",
+            licence="OpenRAIL (ControlNet v1.1)",
             used_by="generate, reproduce",
             approx_size=1_450 * _MB,
             allow_patterns=("*.json", "diffusion_pytorch_model.safetensors"),
@@ -210,7 +222,7 @@ DIFFUSERS_REPOS: dict[str, DiffusersRepo] = {
             repo="lllyasviel/control_v11p_sd15_lineart",
             role="controlnet",
             guide="lineart",
-            licence="CreativeML OpenRAIL-M",
+            licence="OpenRAIL (ControlNet v1.1)",
             used_by="generate, reproduce",
             approx_size=1_450 * _MB,
             allow_patterns=("*.json", "diffusion_pytorch_model.safetensors"),
@@ -220,7 +232,7 @@ DIFFUSERS_REPOS: dict[str, DiffusersRepo] = {
             repo="lllyasviel/control_v11p_sd15_normalbae",
             role="controlnet",
             guide="normals",
-            licence="CreativeML OpenRAIL-M",
+            licence="OpenRAIL (ControlNet v1.1)",
             used_by="generate, reproduce",
             approx_size=1_450 * _MB,
             allow_patterns=("*.json", "diffusion_pytorch_model.safetensors"),
@@ -230,7 +242,7 @@ DIFFUSERS_REPOS: dict[str, DiffusersRepo] = {
             repo="mfidabel/controlnet-segment-anything",
             role="controlnet",
             guide="sam",
-            licence="CreativeML OpenRAIL-M",
+            licence="unverified: see the model card",
             used_by="generate, reproduce",
             approx_size=1_450 * _MB,
             allow_patterns=("*.json", "*.safetensors", "*.bin"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import threading
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -61,15 +62,25 @@ def _torch_load(path: Path, mmap: bool) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
-def _is_unsafe_pickle_error(error: BaseException) -> bool:
-    """torch's weights-only unpickler refused a global: the file wants to run code to be loaded."""
-    return "Weights only load failed" in str(error) and (
-        "Unsupported global" in str(error)
-        or "Unsupported operand" in str(error)
-        or "not an allowed global" in str(error)
-        or "GLOBAL" in str(error)
-        or "WeightsUnpickler error" in str(error)
-    )
+_GLOBAL_PATTERN = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+
+
+def _unsafe_global(error: BaseException) -> str | None:
+    """The global a weights-only unpickler refused (the file wants code run to be loaded), if any."""
+    text = str(error)
+    if "Weights only load failed" not in text:
+        return None
+    match = _GLOBAL_PATTERN.search(text)
+    return match.group(1) if match else None
+
+
+def _short_reason(error: BaseException) -> str:
+    """The first sentence of an error, with its type when the text alone says little."""
+    text = str(error).strip().splitlines()[0].strip() if str(error).strip() else ""
+    sentence = text.split(". ")[0].rstrip(".")
+    if len(sentence) > 160:
+        sentence = sentence[:157] + "..."
+    return f"{type(error).__name__}: {sentence}" if len(sentence) < 24 else sentence
 
 
 def read_checkpoint_file(path: str | Path, *, mmap: bool = True) -> Any:
@@ -87,20 +98,20 @@ def read_checkpoint_file(path: str | Path, *, mmap: bool = True) -> Any:
     try:
         return _torch_load(path, use_mmap)
     except pickle.UnpicklingError as error:
-        if _is_unsafe_pickle_error(error):
-            first = str(error).strip().splitlines()
-            detail = next((line.strip() for line in first if "global" in line.lower()), "")
+        refused = _unsafe_global(error)
+        if refused is not None:
             raise WeightsError(
-                f"{path}: refused to load: the file is not a plain weights file, it asks to run code when "
-                f"unpickled{' (' + detail.rstrip('.') + ')' if detail else ''}; use the official checkpoint "
-                f"or convert it to safetensors"
+                f"{path}: refused to load: the file is not a plain weights file, unpickling it would call "
+                f"{refused}; use the official checkpoint (or convert yours to safetensors)"
             ) from None
-        raise WeightsError(f"{path}: corrupt checkpoint ({error}); {_redownload_hint(path)}") from None
+        raise WeightsError(
+            f"{path}: cannot read checkpoint, the file is corrupt ({_short_reason(error)}); {_redownload_hint(path)}"
+        ) from None
     except (EOFError, RuntimeError, ValueError, OSError, zipfile.BadZipFile, AttributeError, IndexError,
             KeyError, TypeError, UnicodeDecodeError, MemoryError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise WeightsError(
-            f"{path}: cannot read checkpoint, the file is truncated or corrupt ({reason}); {_redownload_hint(path)}"
+            f"{path}: cannot read checkpoint, the file is truncated or corrupt ({_short_reason(error)}); "
+            f"{_redownload_hint(path)}"
         ) from None
 
 
@@ -241,9 +252,12 @@ def _meta_register_parameter(module: nn.Module, name: str, param: Any) -> None:
     if param is not None and getattr(_building, "depth", 0) > 0:
         stored = module._parameters[name]
         if stored is not None and not stored.is_meta:
-            kwargs = dict(stored.__dict__)
-            kwargs["requires_grad"] = stored.requires_grad
-            module._parameters[name] = type(stored)(stored.to("meta"), **kwargs)
+            try:
+                moved = type(stored)(stored.to("meta"), requires_grad=stored.requires_grad)
+            except TypeError:  # a Parameter subclass with another constructor: leave it where it is
+                return
+            moved.__dict__.update(stored.__dict__)  # attributes libraries hang on parameters
+            module._parameters[name] = moved
 
 
 @contextmanager
@@ -320,6 +334,8 @@ def load_state_dict_into(
     path: str | Path = "checkpoint",
 ) -> nn.Module:
     """Build ``factory()`` on the meta device and assign ``state_dict`` to it strictly (see module doc)."""
+    from torch import nn
+
     model = build_on_meta(factory)
     for spec in key_filters:
         try:
@@ -328,7 +344,9 @@ def load_state_dict_into(
             raise WeightsError(f"{path}: {error}") from None
     check_keys(state_dict, model, path=path)
     state_dict = _match_dtypes(state_dict, model.state_dict(keep_vars=True))
-    model.load_state_dict(state_dict, strict=True, assign=True)
+    # nn.Module's own method, not an override: some networks (controlnet_aux's ZoeDepth) redefine
+    # load_state_dict to load non-strictly; the key check above is the strict one we want.
+    nn.Module.load_state_dict(model, state_dict, strict=True, assign=True)
     still_meta = [name for name, p in model.named_parameters() if p.is_meta]
     still_meta += [name for name, b in model.named_buffers() if b.is_meta]
     if still_meta:  # a parameter outside the state dict (not registered through the module tree)

@@ -82,6 +82,18 @@ def models_dir_from(models_dir: str | Path | None) -> Path | None:
     return None if value is None else Path(value).expanduser()
 
 
+def existing_models_dir(models_dir: str | Path | None) -> Path | None:
+    """``models_dir_from`` checked: a folder that was named but does not exist is an error, not a miss.
+
+    (A mistyped --models-dir must not silently fall through to a multi-gigabyte download.)
+    """
+    folder = models_dir_from(models_dir)
+    if folder is not None and not folder.is_dir():
+        source = "--models-dir" if models_dir not in (None, "") else MODELS_DIR_ENV
+        raise WeightsError(f"{folder}: models folder not found (given by {source})")
+    return folder
+
+
 # ---------------------------------------------------------------------------------------- checks
 
 
@@ -125,7 +137,7 @@ def check_file(
 
 def find_in_models_dir(entry: Checkpoint, models_dir: str | Path | None) -> Path | None:
     """The file in the flat models folder under its hub name (or basename), or None."""
-    folder = models_dir_from(models_dir)
+    folder = existing_models_dir(models_dir)
     if folder is None:
         return None
     for name in entry.flat_names:
@@ -300,7 +312,7 @@ def resolve_diffusers_repo(
     repo = entry.repo if entry is not None else text
     if repo.count("/") != 1 or text.startswith((".", "/", "~")):
         raise WeightsError(f"{text}: no such folder, and not a hub repository id (owner/name)")
-    folder = models_dir_from(models_dir)
+    folder = existing_models_dir(models_dir)
     if folder is not None:
         for candidate in (folder / repo.rsplit("/", 1)[-1], folder / repo):
             if candidate.is_dir() and _looks_like_diffusers_folder(candidate):

@@ -1,0 +1,67 @@
+"""``guides dataset`` through the console-script entry point: messages, exit codes, JSON report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("pyarrow", reason='Parquet export needs pyarrow: pip install "controlnet-guides[dataset]"')
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.pass_context
+def _console(ctx: click.Context) -> None:
+    from guides.cli.main import main
+
+    main(list(ctx.args))
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(_console, list(args), catch_exceptions=False)
+
+
+def test_dataset_command_reports_failures_uncaptioned_photos_and_commands(photo_tree: Path, tmp_path: Path) -> None:
+    (photo_tree / "sub" / "c.txt").write_text("a caption for c", encoding="utf-8")
+    out = tmp_path / "train set"
+    result = invoke("dataset", str(photo_tree), "-a", "canny", "-o", str(out), "--resolution", "0", "--shard-size", "4")
+    assert result.exit_code == 1, result.output
+    failed = [line for line in result.stderr.splitlines() if line.startswith("failed: ")]
+    assert failed[:2] == [
+        f"failed: {photo_tree / 'empty.png'}: empty file (0 bytes)",
+        f"failed: {photo_tree / 'sub' / 'garbage.jpg'}: not an image, or an unsupported image format",
+    ]
+    assert len(failed) == 3 and failed[2].startswith(f"failed: {photo_tree / 'sub' / 'truncated.png'}: corrupt or truncated image")
+    assert [line for line in result.stderr.splitlines() if line.startswith("no caption: ")] == [
+        "no caption: a.png", "no caption: b.jpg", "no caption: z.png", "no caption: sub/e.jpeg", "no caption: sub/deep er/ünï d.png",
+    ]
+    assert "6 photos in" in result.stderr and "train a canny ControlNet" in result.stderr
+    assert f"--train_data_dir='{out / 'canny'}'" in result.stderr
+    assert "Traceback" not in result.output
+
+    again = invoke("dataset", str(photo_tree), "-a", "canny", "-o", str(out), "--resolution", "0", "--shard-size", "4", "--json", "-q")
+    report = json.loads(again.stdout)
+    assert (report["rows"], report["written"], report["skipped"], report["failed"], report["shards_skipped"]) == (6, 0, 6, 3, 3)
+    assert report["uncaptioned"] == ["a.png", "b.jpg", "z.png", "sub/e.jpeg", "sub/deep er/ünï d.png"]
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert f"guides dataset {photo_tree} -a canny -o '{out}'" in card
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("-a", "nope"), "unknown annotator 'nope'"),
+        (("-a", "canny", "--set", "canny.lo=1"), "--set canny.lo: unknown option; known: high, low"),
+        (("-a", "canny", "--set", "depth.x=1"), "'depth' is not one of the exported annotators (canny)"),
+        (("-a", "canny", "--captions", "caps.txt"), "use a .jsonl or .csv file"),
+        (("-a", "canny", "--format", "zip"), "Invalid value for '--format'"),
+    ],
+)
+def test_dataset_usage_errors_exit_2(args, message: str, tmp_path: Path) -> None:
+    result = invoke("dataset", str(tmp_path), "-o", str(tmp_path / "out"), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "out").exists()

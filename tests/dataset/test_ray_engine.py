@@ -1,0 +1,110 @@
+"""The Ray engine writes byte-identical outputs to the local engine's and reports failures the same way.
+
+One local Ray runtime (2 CPUs) serves the whole module (the ``ray_session`` fixture); each Ray Data run
+costs a few seconds of start-up, so the tests share runs where they can.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from guides.batch import plan_jobs, run_jobs
+from guides.errors import UsageError, WeightsError
+from guides.registry import get
+
+
+def _canny():
+    return get("canny").load()
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.pass_context
+def _console(ctx: click.Context) -> None:
+    from guides.cli.main import main
+
+    main(list(ctx.args))
+
+
+def invoke(*args: str):
+    """``guides ARGS`` through the console-script entry point (errors become messages and exit codes)."""
+    return CliRunner().invoke(_console, list(args), catch_exceptions=False)
+
+
+def test_ray_outputs_and_failures_equal_the_local_engine(ray_session, photo_tree: Path, tmp_path: Path, invert_class, tree_reader) -> None:
+    from guides.dataset.ray_engine import run_jobs_ray
+
+    stages = ["canny", "invert"]
+    local_jobs, local_planned = plan_jobs([photo_tree, tmp_path / "missing.png"], stages, tmp_path / "local", per_stage_folders=True)
+    local = run_jobs(local_jobs, {"canny": _canny(), "invert": invert_class()}, workers=2, progress=False, failures=local_planned)
+    ray_jobs, ray_planned = plan_jobs([photo_tree, tmp_path / "missing.png"], stages, tmp_path / "ray", per_stage_folders=True)
+    ray = run_jobs_ray(ray_jobs, {"canny": _canny, "invert": invert_class}, progress=False, failures=ray_planned)
+
+    local_tree, ray_tree = tree_reader(tmp_path / "local"), tree_reader(tmp_path / "ray")
+    assert sorted(ray_tree) == sorted(local_tree) == [
+        f"{stage}/{name}" for stage in stages for name in ("a.png", "b.png", "sub/c.png", "sub/deep er/ünï d.png", "sub/e.png")
+    ]
+    assert ray_tree == local_tree, "outputs differ between the engines"
+    assert (ray.written, ray.skipped) == (local.written, local.skipped) == (5, 0)
+    lines = [failure.line() for failure in ray.failed]
+    assert sorted(lines) == sorted(failure.line() for failure in local.failed), (lines, [f.line() for f in local.failed])
+    assert lines == [  # planning failures first, then in job order
+        f"{tmp_path / 'missing.png'}: no such file or folder",
+        f"{photo_tree / 'empty.png'}: empty file (0 bytes)",
+        f"{photo_tree / 'z.png'}: invert failed (ValueError: unlucky pixel)",
+        f"{photo_tree / 'sub' / 'garbage.jpg'}: not an image, or an unsupported image format",
+        lines[4],
+    ]
+    assert lines[4].startswith(f"{photo_tree / 'sub' / 'truncated.png'}: corrupt or truncated image")
+
+    # Resume: everything exists -> skipped without starting a pipeline; one missing guide -> redone.
+    again = run_jobs_ray(ray_jobs, {"canny": _canny, "invert": invert_class}, progress=False)
+    assert (again.written, again.skipped, len(again.failed)) == (0, 5, 4)
+    (tmp_path / "ray" / "invert" / "sub" / "c.png").unlink()
+    (tmp_path / "ray" / "canny" / "a.png").write_bytes(b"stale")
+    redo = run_jobs_ray(ray_jobs, {"canny": _canny, "invert": invert_class}, progress=False)
+    assert (redo.written, redo.skipped) == (1, 4)
+    assert (tmp_path / "ray" / "canny" / "a.png").read_bytes() == b"stale", "an existing guide was rewritten without overwrite"
+    assert (tmp_path / "ray" / "invert" / "sub" / "c.png").read_bytes() == local_tree["invert/sub/c.png"]
+
+
+def test_guides_run_engine_ray_matches_engine_local(ray_session, photo_tree: Path, tmp_path: Path, tree_reader) -> None:
+    results = {}
+    for engine in ("local", "ray"):
+        results[engine] = invoke("run", "canny", str(photo_tree), "-o", str(tmp_path / engine), "-q", "--json", "--engine", engine)
+    for engine, result in results.items():
+        assert result.exit_code == 1, (engine, result.output)
+    local, ray = (json.loads(results[e].stdout) for e in ("local", "ray"))
+    del local["seconds"], ray["seconds"]
+    assert ray == local and ray["written"] == 6 and ray["failed"] == 3
+    failed = [line for line in results["ray"].stderr.splitlines() if line.startswith("failed: ")]
+    assert failed == [line for line in results["local"].stderr.splitlines() if line.startswith("failed: ")]
+    assert tree_reader(tmp_path / "ray") == tree_reader(tmp_path / "local")
+
+
+def test_a_loader_error_stops_the_run_like_locally(ray_session, photo_tree: Path, tmp_path: Path) -> None:
+    from guides.dataset.ray_engine import run_jobs_ray
+
+    def missing_checkpoint():
+        raise WeightsError("lineart: checkpoint sk_model.pth not found; run guides models download lineart")
+
+    jobs, _ = plan_jobs([photo_tree / "a.png"], ["lineart"], tmp_path / "out", per_stage_folders=True)
+    with pytest.raises(WeightsError, match="checkpoint sk_model.pth not found") as caught:
+        run_jobs_ray(jobs, {"lineart": missing_checkpoint}, progress=False)
+    assert caught.value.exit_code == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_options_without_ray_and_with_the_local_engine(monkeypatch, tmp_path: Path) -> None:
+    from guides.dataset.ray_engine import import_ray
+
+    result = invoke("run", "canny", str(tmp_path), "--ray-address", "ray://x:10001")
+    assert result.exit_code == 2 and "--ray-address and --num-gpus-per-worker need --engine ray" in result.output
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(UsageError, match=r'pip install "controlnet-guides\[ray\]"'):
+        import_ray()

@@ -1,0 +1,216 @@
+"""``guides reproduce`` end to end through the CLI on tiny random models and a synthetic reference folder
+(always runs), its dry-run plan checked field by field against CONTEXT.md, and fail-fast checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from guides.diffusion.compare import compare_files
+
+CONTEXT_SETTINGS = {
+    "prompt": "a cute cat, detailed high-quality professional image",
+    "negative_prompt": "lowres, bad anatomy, bad hands, cropped, worst quality",
+    "seed": 2,
+    "steps": 30,
+    "guidance": 7.5,
+    "width": 512,
+    "height": 512,
+    "scheduler": "dpm-multistep",
+    "scheduler_class": "DPMSolverMultistepScheduler",
+    "precision": "fp32",
+}
+CONTEXT_CONTROLNETS = {
+    "canny": "lllyasviel/control_v11p_sd15_canny",
+    "depth": "lllyasviel/control_v11f1p_sd15_depth",
+    "lineart": "lllyasviel/control_v11p_sd15_lineart",
+    "normals": "lllyasviel/control_v11p_sd15_normalbae",
+    "sam": "mfidabel/controlnet-segment-anything",
+}
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def _check_metrics_equal_compare(report: dict, guides_cli) -> None:
+    """Each row's metrics are finite and equal what `guides compare --json` says on the same files."""
+    for row in report["results"]:
+        metrics = row["metrics"]
+        assert np.isfinite(metrics["psnr"]) and np.isfinite(metrics["ssim"]), row
+        result = guides_cli("compare", row["generated"], row["expected"], "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == metrics, (row["kind"], metrics, result.stdout)
+        # Random models cannot reproduce the expected images: the run must say so, not pass.
+        assert row["passed"] is False and metrics["psnr"] < 35, metrics
+
+
+def test_reference_guides_stack_end_to_end(tiny_models, synthetic_refs: Path, guides_cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = guides_cli("reproduce", "--refs", synthetic_refs, "--out", out, "--guides", "reference", "--only", "stack",
+                        "--device", "cpu", "-q", *tiny_models.args("canny", "depth"))
+    assert result.exit_code == 1, result.output  # ran, and (random weights) did not pass
+    assert "stack" in result.stdout and "0 of 1 passed" in result.stdout, result.stdout
+    report = _report(out)
+    assert report["summary"] == {"passed": 0, "total": 1, "all_passed": False, "kinds": ["stack"]}
+    assert report["settings"] == CONTEXT_SETTINGS
+    assert report["thresholds"] == {"psnr": 35.0, "ssim": 0.98}
+    [row] = report["results"]
+    assert [(c["kind"], c["scale"]) for c in row["controls"]] == [("depth", 0.3), ("canny", 0.7)]
+    assert row["controls"][0]["guide"] == str(synthetic_refs / "cutecat_guide_depth.png")
+    _check_metrics_equal_compare(report, guides_cli)
+    sidecar = json.loads((out / "generated_stack.json").read_text())
+    assert sidecar["settings"] == CONTEXT_SETTINGS
+    assert [(c["kind"], c["scale"], c["controlnet"]["path"]) for c in sidecar["controls"]] == [
+        ("depth", 0.3, str(tiny_models.controlnets["depth"])), ("canny", 0.7, str(tiny_models.controlnets["canny"]))]
+    assert sidecar["reproduce"]["expected"] == str(synthetic_refs / "expected_controlnet_stack.png")
+    # The latents are saved for replay and are the seed-2 draw on this device.
+    saved = out / "latents.safetensors"
+    from guides.diffusion.generate import load_latents
+
+    expected_noise = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(load_latents(saved).tensor, expected_noise)
+    assert report["latents"]["sha256"] == sidecar["latents"]["sha256"]
+    # The difference image is |generated - expected| * 4.
+    generated = np.asarray(Image.open(out / "generated_stack.png").convert("RGB")).astype(int)
+    expected = np.asarray(Image.open(synthetic_refs / "expected_controlnet_stack.png").convert("RGB")).astype(int)
+    difference = np.asarray(Image.open(out / "difference_stack.png").convert("RGB")).astype(int)
+    assert np.array_equal(difference, np.clip(np.abs(generated - expected) * 4, 0, 255))
+    # Contact sheet: a header and one row, five columns of 192 px after the label column.
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.mode == "RGB" and sheet.height == 28 + 192 and sheet.width > 5 * 192
+    markdown = (out / "report.md").read_text()
+    assert "| stack | depth 0.3 + canny 0.7 |" in markdown and f"{row['metrics']['psnr']:.2f}" in markdown
+    assert "drawn on cpu" in markdown and "cannot match" in markdown  # the CUDA RNG caveat is stated
+    assert "lineart" not in report["models"]["controlnets"]  # only the needed ControlNets are loaded
+
+
+def test_our_canny_guide_end_to_end_and_identical_to_the_reference(
+    tiny_models, synthetic_refs: Path, guides_cli, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = guides_cli("reproduce", "--refs", synthetic_refs, "--out", out, "--only", "canny", "--device", "cpu",
+                        "-q", *tiny_models.args("canny"))
+    assert result.exit_code == 1, result.output
+    report = _report(out)
+    assert report["guides"] == "ours"
+    comparison = report["guide_comparison"]["canny"]
+    assert comparison["identical"] is True and comparison["metrics"]["differing_pixels"] == 0, comparison
+    ours = np.asarray(Image.open(out / "guides" / "canny.png"))
+    reference = np.asarray(Image.open(synthetic_refs / "cutecat_guide_canny.png"))
+    assert ours.shape == (512, 512) and np.array_equal(ours, reference)
+    _check_metrics_equal_compare(report, guides_cli)
+    # Our guide equals the reference guide, so the generation equals one from the reference guide.
+    again = tmp_path / "again"
+    result = guides_cli("reproduce", "--refs", synthetic_refs, "--out", again, "--only", "canny", "--guides",
+                        "reference", "--device", "cpu", "-q", *tiny_models.args("canny"))
+    assert result.exit_code == 1, result.output
+    assert compare_files(out / "generated_canny.png", again / "generated_canny.png").differing_pixels == 0
+
+
+def test_real_refs_our_canny_guide_is_bit_exact(refs: Path, tiny_models, tmp_path: Path) -> None:
+    """On the real reference folder (GUIDES_REFS): the plan finds every file and our canny guide is exact."""
+    from guides.diffusion.reproduce import ReproduceOptions, _make_guides, guide_plan, Progress
+
+    options = ReproduceOptions(refs=refs, out=tmp_path, kinds=("canny",), device="cpu")
+    guides, comparison, photo = _make_guides(options, guide_plan(options), Progress())
+    assert comparison["canny"]["metrics"]["differing_pixels"] == 0, comparison
+    assert photo is not None and photo.shape == (512, 512, 3)
+
+
+def test_dry_run_plan_matches_context_field_by_field(synthetic_refs: Path, offline_hub: Path, guides_cli,
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "never-created"
+    result = guides_cli("reproduce", "--refs", synthetic_refs, "--out", out, "--dry-run", "--guides", "reference")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["settings"] == CONTEXT_SETTINGS
+    assert plan["kinds"] == ["canny", "depth", "lineart", "normals", "sam", "stack"]
+    assert plan["thresholds"] == {"psnr": 35.0, "ssim": 0.98}
+    assert plan["precision"] == "fp32" and plan["device"] == "auto" and plan["guides"] == "reference"
+    assert plan["latents"] == {"source": "seed", "seed": 2, "drawn_on": "the generating device"}
+    assert plan["models"]["base"]["id"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert {kind: m["id"] for kind, m in plan["models"]["controlnets"].items()} == CONTEXT_CONTROLNETS
+    runs = {run["kind"]: run for run in plan["runs"]}
+    for kind in CONTEXT_CONTROLNETS:
+        assert runs[kind]["controls"] == [{"kind": kind, "scale": 0.5, "controlnet": CONTEXT_CONTROLNETS[kind]}]
+        assert runs[kind]["expected"] == str(synthetic_refs / f"expected_controlnet_{kind}.png")
+        assert plan["guide_sources"][kind] == {"source": "file", "path": str(synthetic_refs / f"cutecat_guide_{kind}.png")}
+    assert runs["stack"]["controls"] == [
+        {"kind": "depth", "scale": 0.3, "controlnet": CONTEXT_CONTROLNETS["depth"]},
+        {"kind": "canny", "scale": 0.7, "controlnet": CONTEXT_CONTROLNETS["canny"]},
+    ]
+    assert plan["outputs"]["report_json"] == str(out / "report.json")
+    assert plan["outputs"]["runs"]["stack"]["image"] == str(out / "generated_stack.png")
+    # Nothing is on this machine: every model is reported missing, and the lineart/normals/sam guides too.
+    assert not plan["models"]["base"]["found"] and len(plan["missing"]) == 6 + 3, plan["missing"]
+    assert not out.exists()
+
+
+def test_dry_run_resolves_hub_cache_and_local_folders_without_loading(tiny_models, synthetic_refs: Path,
+                                                                        offline_hub: Path, tmp_path: Path) -> None:
+    """A ControlNet in the hub cache layout is found by its hub id, with its revision; nothing imports torch."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = offline_hub / "models--lllyasviel--control_v11p_sd15_canny"
+    shutil.copytree(tiny_models.controlnets["canny"], repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    code = (
+        "import json, sys\n"
+        "from guides.cli.main import main\n"
+        f"try:\n    main(['reproduce', '--refs', {str(synthetic_refs)!r}, '--out', {str(tmp_path / 'o')!r}, "
+        f"'--dry-run', '--only', 'canny', '--guides', 'reference', '--base-model', {str(tiny_models.base)!r}])\n"
+        "except SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert run.returncode == 0, run.stderr
+    text, _, marker = run.stdout.rpartition("}")
+    plan = json.loads(text + "}")
+    canny = plan["models"]["controlnets"]["canny"]
+    assert canny["source"] == "hub-cache" and canny["revision"] == commit and canny["found"], canny
+    assert plan["models"]["base"]["source"] == "local-folder" and plan["missing"] == []
+    assert marker.strip() == "NO-TORCH", run.stdout[-200:]
+
+
+def test_missing_models_fail_before_any_work(synthetic_refs: Path, offline_hub: Path, guides_cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = guides_cli("reproduce", "--refs", synthetic_refs, "--out", out, "--guides", "reference", "--only",
+                        "canny,stack", "--device", "cpu", "--controlnet", "depth=nobody/no-such-controlnet")
+    assert result.exit_code == 2, result.output
+    message = result.stderr
+    assert "3 models are missing, nothing was run" in message, message
+    for repo in ("stable-diffusion-v1-5/stable-diffusion-v1-5", "lllyasviel/control_v11p_sd15_canny",
+                 "nobody/no-such-controlnet"):
+        assert repo in message, (repo, message)
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_missing_reference_files_and_bad_kinds(tmp_path: Path, synthetic_refs: Path, guides_cli) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = guides_cli("reproduce", "--refs", empty, "--out", tmp_path / "o", "--only", "canny")
+    assert result.exit_code == 2, result.output
+    assert "cutecat_init.png" in result.stderr and "expected_controlnet_canny.png" in result.stderr
+    bad = guides_cli("reproduce", "--refs", synthetic_refs, "--out", tmp_path / "o", "--only", "pose")
+    assert bad.exit_code == 2 and "unknown kind(s) pose" in bad.stderr, bad.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here): CUDA latents draw")
+def test_cuda_reproduction_draws_on_cuda(tiny_models, synthetic_refs: Path, guides_cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = guides_cli("reproduce", "--refs", synthetic_refs, "--out", out, "--guides", "reference", "--only",
+                        "canny", "--device", "cuda", "-q", *tiny_models.args("canny"))
+    assert result.exit_code == 1, result.output
+    report = _report(out)
+    assert report["latents"]["drawn_on"].startswith("cuda") and report["device"]["type"] == "cuda"
+    assert not any("cannot match" in note for note in report["notes"])

@@ -1,0 +1,275 @@
+"""ZoeD_N: loads the ``ZoeD_M12_N.pt`` layout strictly and matches controlnet_aux's ZoeDepth.
+
+Random weights prove wiring and parity, not depth quality. A default-initialised ZoeDepth predicts an
+almost constant depth, which the percentile colouring would stretch into float noise, so the reference
+network's metric head (``conv2``, seed bins, projectors, attractors) is scaled by 12 to make the depth
+vary by metres, and the spread is asserted. The full-size reference is built once per session; its
+outputs are computed in the fixture and the 1.4 GB model is freed before the tests compare.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from guides.errors import WeightsError
+from guides.nets.zoedepth import (
+    TINY_CONFIG,
+    ZoeDepth,
+    infer_depth,
+    network_input_size,
+    padding_for,
+    relative_position_index,
+    zoed_n,
+)
+from guides.weights.load import load_checkpoint_into, load_state_dict_into
+
+HEAD_SCALE = 12.0
+SCALED_HEADS = ("conv2", "seed_bin_regressor", "seed_projector", "projectors", "attractors")
+INDEX_KEY = "core.core.pretrained.model.blocks.{}.attn.relative_position_index"
+
+
+def _reference_network() -> torch.nn.Module:
+    """controlnet_aux's ZoeDepth (ZoeD_N config, random weights, timm BEiT-L/16-384)."""
+    from controlnet_aux.zoe.zoedepth.models.zoedepth.zoedepth_v1 import ZoeDepth as ReferenceZoeDepth
+    from controlnet_aux.zoe.zoedepth.utils.config import get_config
+
+    return ReferenceZoeDepth.build_from_config(get_config("zoedepth", "infer")).eval()
+
+
+def _as_tensor(image: np.ndarray) -> torch.Tensor:
+    """torchvision's ToTensor on an RGB uint8 image, batched (what ``infer_pil`` feeds ``infer``)."""
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
+
+
+def original_colorize(depth: np.ndarray) -> np.ndarray:
+    """zoedepth.utils.misc.colorize with its defaults (gray_r, 2nd/85th percentiles), via matplotlib."""
+    import matplotlib
+
+    value = depth.copy()
+    invalid = value == -99
+    vmin = np.percentile(value[~invalid], 2)
+    vmax = np.percentile(value[~invalid], 85)
+    value = (value - vmin) / (vmax - vmin) if vmin != vmax else value * 0.0
+    value[invalid] = np.nan
+    image = matplotlib.colormaps["gray_r"](value, bytes=True)
+    image[invalid] = (128, 128, 128, 255)
+    return image
+
+
+@dataclass
+class Reference:
+    checkpoint: Path
+    keys: dict[str, tuple[int, ...]]
+    image: np.ndarray
+    depth: np.ndarray
+    """controlnet_aux ``infer`` (pad + flip) of ``image``: (H, W) float32 metres."""
+    depth_plain: np.ndarray
+    """The same without padding and flip."""
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory, make_photo: Callable[..., np.ndarray]) -> Reference:
+    """Random ZoeD_N weights saved as ``ZoeD_M12_N.pt`` is (``{"model": state_dict}`` with the 24
+    ``relative_position_index`` tables old timm saved), and controlnet_aux's depth of a test image."""
+    torch.manual_seed(0)
+    network = _reference_network()
+    with torch.no_grad():
+        for name in SCALED_HEADS:
+            for parameter in getattr(network, name).parameters():
+                parameter.mul_(HEAD_SCALE)
+    state = dict(network.state_dict())
+    keys = {k: tuple(v.shape) for k, v in state.items()}
+    for block in range(24):
+        state[INDEX_KEY.format(block)] = relative_position_index(24, 24)
+    path = tmp_path_factory.mktemp("zoedepth") / "ZoeD_M12_N.pt"
+    torch.save({"model": state}, path)
+    image = make_photo(7, 96, 160)
+    with torch.no_grad():
+        depth = network.infer(_as_tensor(image))[0, 0].numpy()
+        plain = network.infer(_as_tensor(image), pad_input=False, with_flip_aug=False)[0, 0].numpy()
+    del network, state
+    gc.collect()
+    return Reference(path, keys, image, depth, plain)
+
+
+@pytest.fixture(scope="session")
+def ours(reference: Reference) -> ZoeDepth:
+    """Our ZoeD_N loaded from the reference checkpoint through the depth annotator's loader."""
+    from guides.annotators.depth import load_network
+
+    return load_network(checkpoint=str(reference.checkpoint))
+
+
+def _max_relative(ours: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.max(np.abs(ours - expected) / np.abs(expected)))
+
+
+# ------------------------------------------------------------------------------------ layout, loading
+
+
+def test_relative_position_index_equals_timm() -> None:
+    from timm.models.beit import gen_relative_position_index
+
+    for grid in [(24, 24), (32, 32), (24, 32), (20, 32), (1, 1), (1, 7), (5, 2)]:
+        assert torch.equal(relative_position_index(*grid), gen_relative_position_index(grid)), grid
+
+
+def test_network_input_size_equals_reference_resize() -> None:
+    from controlnet_aux.zoe.zoedepth.models.base_models.midas import Resize
+
+    resize = Resize(512, 384, keep_aspect_ratio=True, ensure_multiple_of=32, resize_method="minimal")
+    sizes = [(512, 512), (608, 608), (384, 512), (136, 212), (96, 160), (1080, 1920), (1920, 1080),
+             (7, 9), (333, 777), (48, 48), (600, 800), (1000, 1), (16, 4000)]
+    for height, width in sizes:
+        expected_width, expected_height = resize.get_size(width, height)
+        expected = (max(int(expected_height), 32), max(int(expected_width), 32))
+        assert network_input_size(height, width) == expected, (height, width)
+
+
+def test_padding_is_the_originals() -> None:
+    assert padding_for(512, 512) == (48, 48)
+    assert padding_for(96, 160) == (20, 26)
+    assert padding_for(5, 5) == (4, 4)
+
+
+def test_state_dict_layout_equals_controlnet_aux(reference: Reference) -> None:
+    from guides.weights.load import build_on_meta
+
+    ours = {k: tuple(v.shape) for k, v in build_on_meta(zoed_n).state_dict().items()}
+    assert len(reference.keys) == 511
+    assert sorted(set(ours) ^ set(reference.keys)) == []
+    assert [k for k in ours if ours[k] != reference.keys[k]] == []
+
+
+def test_loads_the_real_format_strictly(reference: Reference, ours: ZoeDepth) -> None:
+    saved = torch.load(reference.checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    assert list(saved) == ["model"] and len(saved["model"]) == 511 + 24
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, saved["model"][key]), key
+
+
+def _tiny_state() -> dict[str, torch.Tensor]:
+    """A tiny ZoeDepth's state dict plus saved index tables, as an old-timm file would hold them."""
+    torch.manual_seed(1)
+    state = dict(ZoeDepth(TINY_CONFIG).state_dict())
+    for block in range(TINY_CONFIG.depth):
+        state[INDEX_KEY.format(block)] = relative_position_index(24, 24)
+    return state
+
+
+def test_index_tables_are_checked_then_dropped() -> None:
+    factory = lambda: ZoeDepth(TINY_CONFIG)  # noqa: E731
+    state = _tiny_state()
+    model = load_state_dict_into(factory, dict(state), key_filters=("drop_computed_buffers",))
+    assert torch.equal(model.conv2.weight, state["conv2.weight"])
+
+    with pytest.raises(WeightsError, match=r"unexpected: core\.core\.pretrained\.model\.blocks\.0\.attn\.relative_position_index"):
+        load_state_dict_into(factory, dict(state))
+
+    tampered = dict(state)
+    tampered[INDEX_KEY.format(2)] = relative_position_index(24, 24).flip(0)
+    with pytest.raises(WeightsError, match=r"differ.*blocks\.2\.attn\.relative_position_index"):
+        load_state_dict_into(factory, tampered, key_filters=("drop_computed_buffers",))
+
+
+def test_other_key_differences_are_errors_naming_them() -> None:
+    factory = lambda: ZoeDepth(TINY_CONFIG)  # noqa: E731
+    missing = _tiny_state()
+    del missing["attractors.3._net.2.bias"]
+    with pytest.raises(WeightsError, match=r"1 missing: attractors\.3\._net\.2\.bias"):
+        load_state_dict_into(factory, missing, key_filters=("drop_computed_buffers",))
+    extra = _tiny_state()
+    extra["core.core.pretrained.model.pos_embed"] = torch.zeros(1, 577, 32)
+    with pytest.raises(WeightsError, match=r"1 unexpected: core\.core\.pretrained\.model\.pos_embed"):
+        load_state_dict_into(factory, extra, key_filters=("drop_computed_buffers",))
+    reshaped = _tiny_state()
+    reshaped["conv2.weight"] = reshaped["conv2.weight"][:, :8]
+    with pytest.raises(WeightsError, match=r"another shape: conv2\.weight"):
+        load_state_dict_into(factory, reshaped, key_filters=("drop_computed_buffers",))
+
+
+def test_checkpoint_file_without_filter_fails(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.pt"
+    torch.save({"model": _tiny_state()}, path)
+    factory = lambda: ZoeDepth(TINY_CONFIG)  # noqa: E731
+    model = load_checkpoint_into(factory, path, container="model_dict", key_filters=("drop_computed_buffers",))
+    assert not any(p.is_meta for p in model.parameters())
+    with pytest.raises(WeightsError, match="relative_position_index"):
+        load_checkpoint_into(factory, path, container="model_dict")
+
+
+# ---------------------------------------------------------------------------------------------- parity
+
+
+def test_metric_depth_parity_with_pad_and_flip(reference: Reference, ours: ZoeDepth) -> None:
+    depth = infer_depth(ours, _as_tensor(reference.image))[0, 0].numpy()
+    expected = reference.depth
+    spread = (float(expected.min()), float(expected.max()))
+    # The scaled heads make the depth vary by metres (measured 5.86 .. 7.08 m on this image).
+    assert spread[1] - spread[0] > 0.8, f"reference depth barely varies: {spread}"
+    assert depth.shape == expected.shape == reference.image.shape[:2]
+    relative = _max_relative(depth, expected)
+    assert relative <= 1e-4, f"max relative difference {relative:.3g} (reference depth {spread} m)"
+
+
+def test_metric_depth_parity_without_pad_and_flip(reference: Reference, ours: ZoeDepth) -> None:
+    depth = infer_depth(ours, _as_tensor(reference.image), pad=False, flip=False)[0, 0].numpy()
+    relative = _max_relative(depth, reference.depth_plain)
+    assert relative <= 1e-4, f"max relative difference {relative:.3g}"
+    assert not np.allclose(reference.depth_plain, reference.depth, rtol=1e-3), "pad/flip must change the depth"
+
+
+def test_rgba_guide_parity_through_the_annotator(reference: Reference, ours: ZoeDepth) -> None:
+    from guides.annotators.depth import DepthAnnotator, DepthOptions
+
+    annotator = DepthAnnotator(DepthOptions(device="cpu"), model=ours)
+    guide = annotator.annotate(reference.image)
+    expected = original_colorize(reference.depth)
+    assert guide.dtype == np.uint8 and guide.shape == expected.shape == (96, 160, 4)
+    difference = np.abs(guide.astype(int) - expected.astype(int))
+    within = float((difference <= 1).all(axis=2).mean())
+    assert within >= 0.999, f"{within:.4%} of pixels within 1, max difference {difference.max()}"
+    levels = len(np.unique(guide[..., 0]))
+    assert levels > 100, f"only {levels} grey levels: the depth does not vary enough to test colouring"
+
+
+def test_public_api_and_cli_with_the_checkpoint(reference: Reference, ours: ZoeDepth, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``guides.depth`` and ``guides depth`` end to end (the loaded network is reused, not reloaded)."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    import guides
+    import guides.annotators.depth as depth_module
+    from guides.cli.main import cli
+
+    loads: list[tuple[str | None, str | None]] = []
+
+    def reuse(models_dir: str | None = None, checkpoint: str | None = None) -> ZoeDepth:
+        loads.append((models_dir, checkpoint))
+        return ours
+
+    monkeypatch.setattr(depth_module, "load_network", reuse)
+    image = reference.image[:24, :40]
+    expected = infer_depth(ours, _as_tensor(image), flip=False)[0, 0].numpy()
+
+    pil = guides.depth(image, flip=False, format="metric16", checkpoint=str(reference.checkpoint))
+    assert pil.mode == "I;16" and pil.size == (40, 24)
+    assert np.array_equal(np.asarray(pil), (expected * 256).astype(np.uint16))
+
+    source = tmp_path / "in.png"
+    Image.fromarray(image).save(source)
+    result = CliRunner().invoke(cli, ["depth", str(source), "--no-flip", "--checkpoint", str(reference.checkpoint),
+                                      "-o", str(tmp_path / "out.png"), "-q"])
+    assert result.exit_code == 0, result.output
+    written = np.asarray(Image.open(tmp_path / "out.png"))
+    assert written.shape == (24, 40, 4)
+    assert np.array_equal(written, original_colorize(expected))
+    assert loads == [(None, str(reference.checkpoint))] * 2

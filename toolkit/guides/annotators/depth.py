@@ -1,0 +1,239 @@
+"""Depth guides with ZoeDepth (ZoeD_N, ``ZoeD_M12_N.pt``): near = white, as ``refs/cutecat_guide_depth.png``.
+
+Inference is the original ``ZoeDepth.infer_pil`` on the image at its own size (the network resizes
+internally to about 384 x 512 and the prediction is resized back): RGB / 255, reflect padding of
+int(sqrt(side / 2) * 3) pixels (``--no-pad`` skips it: borders may show the NYU training data's frame
+artefacts) and the average with the prediction of the mirrored image (``--no-flip`` skips it: half the
+work, slightly noisier depth). ``--resolution N`` resizes the image first as the other annotators do.
+
+Formats (``--format``):
+
+* ``rgba`` (default): the original ZoeDepth colouring (``zoedepth.utils.misc.colorize``): depth scaled
+  between its 2nd and 85th percentiles, matplotlib's ``gray_r`` colormap as bytes, RGBA with alpha 255.
+  Computed here without matplotlib, equal to it value for value (tests/annotators/test_depth.py).
+* ``gray``: the same grey level as one channel.
+* ``metric16``: 16-bit depth in metres * 256 (the original ``infer_pil(output_type="pil")``), for datasets
+  that want metric depth; depths beyond 256 m saturate at 65535.
+
+Memory: the fp32 weights are 1.38 GB (345 M parameters), fp16/bf16 0.69 GB for the backbone (the small
+metric head stays fp32). See bench/RESULTS.md for the measured peak memory per image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+import numpy as np
+
+from ..errors import DeviceError, InputError, UsageError
+from ..imaging import resize_image
+from .base import Annotator, ModelOptions
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("rgba", "gray", "metric16")
+MIN_PADDED_SIDE = 5
+"""Reflect padding by int(sqrt(side / 2) * 3) needs a side of at least 5 pixels."""
+_INVALID_DEPTH = -99.0
+_BACKGROUND = 128
+"""The original colouring marks depth == -99 as invalid and paints it grey (128, 128, 128, 255)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthOptions(ModelOptions):
+    resolution: int = 0
+    """0: run on the image at its own size (the network resizes internally)."""
+    format: str = "rgba"
+    """rgba (ZoeDepth's colouring), gray (one channel) or metric16 (16-bit metres * 256)."""
+    flip: bool = True
+    """Average with the prediction of the mirrored image (the original's default)."""
+    pad: bool = True
+    """Reflect-pad before predicting and crop back (the original's default)."""
+
+
+# ------------------------------------------------------------------------------------------- colouring
+
+
+def _gray_r_bytes() -> np.ndarray:
+    """matplotlib's ``gray_r`` lookup table as bytes, built the way matplotlib builds it.
+
+    ``LinearSegmentedColormap`` interpolates its segment data ((0, 1, 1), (1, 0, 0)) at 256 points and
+    ``Colormap(..., bytes=True)`` truncates ``lut * 255`` to uint8, so some levels repeat (not 255 - i).
+    """
+    n = 256
+    x = np.array([0.0, 1.0]) * (n - 1)
+    xind = (n - 1) * np.linspace(0, 1, n) ** 1.0
+    distance = (xind[1:-1] - x[0]) / (x[1] - x[0])
+    lut = np.concatenate([[1.0], distance * (0.0 - 1.0) + 1.0, [0.0]])
+    return (np.clip(lut, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+GRAY_R = _gray_r_bytes()
+
+
+def colormap_levels(value: np.ndarray) -> np.ndarray:
+    """Lookup-table index (0..255) of each value, as matplotlib's ``Colormap.__call__`` computes it:
+    ``value * 256`` truncated, below 0 -> the "under" colour (index 0), 1 and above -> index 255."""
+    scaled = np.asarray(value) * 256
+    return np.clip(np.floor(scaled), 0, 255).astype(np.uint8)
+
+
+def _normalised(depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(depth - p2) / (p85 - p2) over the valid pixels, and the invalid mask (original ``colorize``)."""
+    invalid = depth == _INVALID_DEPTH
+    valid = depth[~invalid] if invalid.any() else depth
+    if valid.size == 0:
+        return np.zeros_like(depth), invalid
+    vmin = np.percentile(valid, 2)
+    vmax = np.percentile(valid, 85)
+    value = (depth - vmin) / (vmax - vmin) if vmin != vmax else depth * 0.0
+    return value, invalid
+
+
+def colorize(depth: np.ndarray) -> np.ndarray:
+    """ZoeDepth's colouring of a metric depth map (H, W): RGBA uint8, near = white, alpha 255."""
+    value, invalid = _normalised(depth)
+    gray = GRAY_R[colormap_levels(value)]
+    rgba = np.empty(depth.shape + (4,), dtype=np.uint8)
+    rgba[..., :3] = gray[..., None]
+    rgba[..., 3] = 255
+    rgba[invalid, :3] = _BACKGROUND
+    return rgba
+
+
+def grayscale(depth: np.ndarray) -> np.ndarray:
+    """The grey level of ``colorize`` as one channel (H, W) uint8."""
+    value, invalid = _normalised(depth)
+    gray = GRAY_R[colormap_levels(value)]
+    gray[invalid] = _BACKGROUND
+    return gray
+
+
+def metric16(depth: np.ndarray) -> np.ndarray:
+    """Depth in metres * 256 as uint16 (the original ``infer_pil(output_type="pil")``), saturating."""
+    return np.clip(depth * 256, 0, 65535).astype(np.uint16)
+
+
+RENDERERS = {"rgba": colorize, "gray": grayscale, "metric16": metric16}
+
+
+# ------------------------------------------------------------------------------------------- annotator
+
+
+class DepthAnnotator(Annotator):
+    """ZoeD_N metric depth, rendered as ``options.format``; one forward per batch of equal-size images."""
+
+    Options = DepthOptions
+    options: DepthOptions
+    cli_options = (
+        click.option("--format", "format", type=click.Choice(FORMATS), default="rgba", show_default=True,
+                     help="rgba: ZoeDepth's colouring (near = white); gray: one channel; metric16: 16-bit metres * 256."),
+        click.option("--flip/--no-flip", default=True, show_default=True,
+                     help="Average with the mirrored image's prediction (--no-flip: twice as fast, a little noisier)."),
+        click.option("--pad/--no-pad", default=True, show_default=True,
+                     help="Reflect-pad before predicting (--no-pad: slightly faster, may show border artefacts)."),
+    )
+
+    def __init__(self, options: DepthOptions, model: Any = None) -> None:
+        """Load ``ZoeD_M12_N.pt`` (weights contract: --checkpoint, models folder, hub cache, download)
+        onto ``options.device`` at ``options.precision``, or use ``model``: a built ``ZoeDepth`` (tests)."""
+        super().__init__(options)
+        if options.format not in FORMATS:
+            raise UsageError(f"depth: unknown format {options.format!r}; use one of {', '.join(FORMATS)}")
+        if options.resolution < 0:
+            raise UsageError(f"depth: resolution must be 0 or more, got {options.resolution}")
+        if options.batch_size < 1:
+            raise UsageError(f"depth: batch size must be 1 or more, got {options.batch_size}")
+        from ..devices import resolve_device, resolve_dtype
+
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.precision, self.device)
+        self.model = load_network(options.models_dir, options.checkpoint) if model is None else model
+        self.model = prepare_network(self.model, self.device, self.dtype)
+
+    def annotate(self, image: np.ndarray) -> np.ndarray:
+        return self.annotate_batch([image])[0]
+
+    def annotate_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        working = [resize_image(image, self.options.resolution) for image in images]
+        render = RENDERERS[self.options.format]
+        results: list[np.ndarray | None] = [None] * len(working)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(working):
+            groups.setdefault(image.shape, []).append(index)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                depths = self.predict(np.stack([working[i] for i in chunk]))
+                for i, depth in zip(chunk, depths):
+                    results[i] = render(depth)
+        return results  # type: ignore[return-value]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Metric depth (B, H, W) float32 in metres of RGB uint8 images (B, H, W, 3) of one size."""
+        import torch
+
+        from ..nets.zoedepth import infer_depth
+
+        if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+            raise InputError(None, f"depth needs RGB uint8 images, got {images.dtype} of shape {images.shape[1:]}")
+        height, width = images.shape[1:3]
+        if self.options.pad and min(height, width) < MIN_PADDED_SIDE:
+            raise InputError(
+                None,
+                f"image is {width}x{height}: depth with padding needs at least {MIN_PADDED_SIDE}x{MIN_PADDED_SIDE} "
+                f"pixels (use --no-pad or --resolution)",
+            )
+        batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        batch = batch.permute(0, 3, 1, 2).float().div(255)
+        depth = infer_depth(self.model, batch, pad=self.options.pad, flip=self.options.flip)
+        depth = depth[:, 0].cpu().numpy()
+        if not np.isfinite(depth).all():
+            raise DeviceError(
+                f"depth: the network produced non-finite values at {self.options.precision}"
+                + ("; use --precision fp32" if self.options.precision != "fp32" else "")
+            )
+        return depth
+
+    def close(self) -> None:
+        self.model = None
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def load_network(models_dir: str | None = None, checkpoint: str | None = None) -> Any:
+    """Find ``ZoeD_M12_N.pt`` and load it strictly into our ZoeD_N (CPU, fp32, eval mode).
+
+    The file's 24 ``relative_position_index`` tables (saved by the old timm it was trained with) are
+    checked against the ones the BEiT computes and dropped; any other difference is a WeightsError.
+    """
+    from ..nets.zoedepth import zoed_n
+    from ..weights.catalog import CHECKPOINTS
+    from ..weights.load import load_checkpoint_into
+    from ..weights.resolve import resolve_checkpoint
+
+    path = resolve_checkpoint("depth", explicit=checkpoint, models_dir=models_dir)
+    log.info("depth: loading %s", path)
+    return load_checkpoint_into(zoed_n, path, container=CHECKPOINTS["depth"].container,
+                                key_filters=("drop_computed_buffers",))
+
+
+def prepare_network(model: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Move the network to ``device``; the MiDaS core runs at ``dtype``, the metric head stays fp32
+    (its log-binomial and attractor arithmetic loses too much in half precision)."""
+    import torch
+
+    model = model.to(device).eval()
+    model.core.to(dtype)
+    for module in model.head_modules():
+        module.to(torch.float32)
+    return model

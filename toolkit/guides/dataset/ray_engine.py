@@ -1,0 +1,407 @@
+"""The batch engine on Ray Data: the jobs of ``guides.batch.plan_jobs``, the outputs of ``run_jobs``.
+
+The driver lists the files once (``plan_jobs``), decides what to skip (outputs that exist, unless
+``overwrite``) and removes the temporary files of dead runs, exactly as ``run_jobs`` does. Then a Ray
+Data pipeline runs the rest:
+
+    job rows -> decode (Ray tasks) -> annotator 1 (actor pool) -> ... -> annotator N -> write (Ray tasks)
+
+* Every annotator has its own actor pool; each actor builds its annotator once (the model is loaded once
+  per actor) and batches images of equal ``batch_key`` up to the annotator's ``batch_size``, isolating a
+  failing image exactly like the local engine. ``num_gpus`` reserves a (fractional) GPU per actor.
+* Guides travel as raw arrays and are PNG-encoded and written by the write tasks with the same
+  ``write_png_atomic`` in the same order as the local engine's writer, so the files are byte-identical
+  and a failure gets the same one-line reason (decode, annotate or write).
+* Only small status rows come back to the driver, which builds the same ``Summary`` (failures in job
+  order, after the planning failures).
+
+Files are read and written by the Ray workers under the paths the driver planned: on a cluster, the
+inputs and the output folder must be on a filesystem every node mounts at the same path, and guides
+(with the extras its annotators need) must be installed on every node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import pickle
+import sys
+import time
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import errors
+from ..batch import Failure, Job, Stage, Summary
+from ..errors import GuidesError, InputError, UsageError
+from ..imaging import DEFAULT_MAX_PIXELS, load_image, remove_stale_temp_files, write_png_atomic
+
+logger = logging.getLogger(__name__)
+
+#: Rows per decode task and per write task; annotator batches are at least this big too.
+DEFAULT_ROWS_PER_TASK = 4
+RAY_EXTRA_HINT = 'the Ray engine needs Ray Data: pip install "controlnet-guides[ray]"'
+
+_PICKLED = "pickle"  # dtype marker for a stage result that is not a numpy array (kept for the writer)
+
+
+def import_ray() -> Any:
+    """``import ray`` and ``ray.data``, or a UsageError naming the extra to install."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UsageError(RAY_EXTRA_HINT) from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_runtime(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+    """Use the running Ray runtime if there is one; else connect to ``address`` or start a local one.
+
+    Only a runtime started here is shut down on exit.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    verbose = logging.getLogger("guides").isEnabledFor(logging.INFO)
+    options: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        "log_to_driver": verbose,
+    }
+    try:
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, **options)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise UsageError(f"cannot start Ray{f' at {address}' if address else ''}: {error}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def run_jobs_ray(
+    jobs: Sequence[Job],
+    loaders: Mapping[str, Callable[[], Stage]],
+    *,
+    workers: int | None = None,
+    overwrite: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool | None = None,
+    failures: Sequence[Failure] = (),
+    decode: Callable[[Path, int], np.ndarray] = load_image,
+    address: str | None = None,
+    num_gpus: float | Mapping[str, float] = 0.0,
+    batch_sizes: Mapping[str, int] | None = None,
+    rows_per_task: int = DEFAULT_ROWS_PER_TASK,
+    num_cpus: int | None = None,
+) -> Summary:
+    """Run ``jobs`` on Ray Data with the same skip, atomic-write and failure rules as ``run_jobs``.
+
+    ``loaders`` build each stage (called once in each actor, never in the driver; they must pickle).
+    ``workers`` caps the actors per annotator (default: what the cluster fits). ``num_gpus`` is the
+    GPU fraction per actor, one value or per stage. ``batch_sizes`` (per stage) sizes Ray's batches for
+    annotators that batch. ``num_cpus`` sizes a local runtime started here (default: all cores).
+    """
+    summary = Summary(failed=list(failures))
+    started = time.perf_counter()
+    for folder in {target.parent for job in jobs for targets in job.outputs.values() for target in targets}:
+        removed = remove_stale_temp_files(folder)
+        if removed:
+            logger.info("removed %d temporary file(s) left by an interrupted run in %s", removed, folder)
+    items = []
+    for index, job in enumerate(jobs):
+        needed = [name for name, targets in job.outputs.items() if overwrite or not all(t.exists() for t in targets)]
+        if not needed:
+            summary.skipped += 1
+            continue
+        targets = {name: [str(target) for target in targets] for name, targets in job.outputs.items()}
+        items.append({"index": index, "source": str(job.source), "needed": json.dumps(needed), "targets": json.dumps(targets)})
+    if not items:
+        summary.seconds = time.perf_counter() - started
+        return summary
+    wanted = {name for item in items for name in json.loads(item["needed"])}
+    stage_names = [name for name in loaders if name in wanted]
+    gpus = {name: float(num_gpus.get(name, 0.0) if isinstance(num_gpus, Mapping) else num_gpus) for name in stage_names}
+    show = sys.stderr.isatty() if progress is None else progress
+
+    with ray_runtime(address, num_cpus) as ray:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = bool(show)
+        context.print_on_execution_start = False
+        context.enable_auto_log_stats = False
+        if not show:
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+        resources = ray.cluster_resources()
+        total_cpus = float(resources.get("CPU", 1.0))
+        total_gpus = float(resources.get("GPU", 0.0))
+        for name, fraction in gpus.items():
+            if fraction > total_gpus:
+                raise UsageError(f"--num-gpus-per-worker {fraction:g}: the Ray cluster has {total_gpus:g} GPU(s) for {name}")
+        # Every actor pool keeps at least one actor alive: leave room for the decode and write tasks.
+        share = min(1.0, total_cpus / (len(stage_names) + 1))
+        blocks = max(1, min(len(items), math.ceil(len(items) / rows_per_task)))
+        dataset = ray.data.from_items(items, override_num_blocks=blocks)
+        # Decode and write tasks mostly wait on files: half a share each. (Different resources also keep
+        # Ray Data from fusing decoding into the first annotator's actors.)
+        task_cpus = share / 2
+        dataset = dataset.map_batches(
+            _decode_batch, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus,
+            fn_kwargs={"decode": decode, "max_pixels": max_pixels},
+        )
+        for position, name in enumerate(stage_names):
+            if gpus[name] > 0:
+                most = workers or max(1, int(total_gpus / gpus[name]))
+            else:
+                most = workers or max(1, int((total_cpus - task_cpus) / (share * len(stage_names))))
+            dataset = dataset.map_batches(
+                _actor_class(name, loaders[name], last=position == len(stage_names) - 1),
+                batch_format="pyarrow",
+                batch_size=max(rows_per_task, (batch_sizes or {}).get(name, 1)),
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=most),
+                num_cpus=share,
+                num_gpus=gpus[name] or None,
+            )
+        dataset = dataset.map_batches(_write_batch, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus)
+
+        failed: list[tuple[int, Failure]] = []
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                if row["fatal"]:
+                    raise _fatal_error(json.loads(row["fatal"]))
+                if row["reason"] is None:
+                    summary.written += 1
+                else:
+                    failed.append((row["index"], Failure(row["source"], row["reason"])))
+    summary.failed.extend(failure for _, failure in sorted(failed, key=lambda item: item[0]))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+# ------------------------------------------------------------------------------- tasks and actors
+
+
+def _schema(guide_columns: Sequence[str]) -> Any:
+    import pyarrow as pa
+
+    guide = pa.list_(pa.struct([("data", pa.large_binary()), ("shape", pa.list_(pa.int64())), ("dtype", pa.string())]))
+    fields = [
+        ("index", pa.int64()), ("source", pa.string()), ("needed", pa.string()), ("targets", pa.string()),
+        ("image", pa.large_binary()), ("shape", pa.list_(pa.int64())), ("dtype", pa.string()),
+        ("error", pa.string()), ("fatal", pa.string()),
+    ]
+    return pa.schema(fields + [(column, guide) for column in guide_columns])
+
+
+def _table(rows: list[dict[str, Any]], guide_columns: Sequence[str]) -> Any:
+    import pyarrow as pa
+
+    schema = _schema(guide_columns)
+    for row in rows:
+        for field in schema.names:
+            row.setdefault(field, None)
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _guide_columns(table: Any) -> list[str]:
+    return [name for name in table.column_names if name.startswith("guide:")]
+
+
+def _reason(error: GuidesError, source: str) -> str:
+    """As ``guides.batch``: the part of an error's message after the file name."""
+    if isinstance(error, InputError) and error.path == source:
+        return error.reason
+    return str(error)
+
+
+def _decode_batch(table: Any, decode: Callable[[Path, int], np.ndarray], max_pixels: int) -> Any:
+    """Read and decode each row's file (Ray task); a failure becomes the row's ``error``."""
+    rows = table.to_pylist()
+    for row in rows:
+        try:
+            image = np.ascontiguousarray(decode(Path(row["source"]), max_pixels))
+        except GuidesError as error:
+            row["error"] = _reason(error, row["source"])
+            continue
+        except Exception as error:  # noqa: BLE001 - one file's failure never stops the batch
+            row["error"] = f"cannot decode ({type(error).__name__}: {error})"
+            continue
+        row.update(image=image.tobytes(), shape=list(image.shape), dtype=image.dtype.str)
+    return _table(rows, [])
+
+
+def _actor_class(name: str, loader: Callable[[], Stage], last: bool) -> type:
+    """A ``_StageActor`` subclass carrying its annotator's loader, so actors take no constructor
+    arguments (Ray keeps those in the object store, which restarts of actors depend on)."""
+    safe = "".join(char if char.isalnum() else "_" for char in name)
+    attributes = {"NAME": name, "LOADER": staticmethod(loader), "LAST": last, "__module__": __name__}
+    return type(f"Annotate_{safe}", (_StageActor,), attributes)
+
+
+class _StageActor:
+    """One annotator, built once per actor; annotates the rows that need it (Ray actor)."""
+
+    NAME: str = ""
+    LOADER: Callable[[], Stage]
+    LAST: bool = False
+
+    def __init__(self) -> None:
+        self.name = self.NAME
+        self.column = f"guide:{self.name}"
+        self.last = self.LAST
+        self.fatal: str | None = None
+        try:
+            self.stage: Stage | None = type(self).LOADER()
+        except GuidesError as error:  # a missing checkpoint etc.: the whole run stops, as locally
+            self.stage = None
+            self.fatal = json.dumps({"type": type(error).__name__, "message": str(error), "exit_code": error.exit_code})
+
+    def __call__(self, table: Any) -> Any:
+        rows = table.to_pylist()
+        columns = _guide_columns(table) + [self.column]
+        if self.fatal is not None:
+            for row in rows:
+                row["fatal"] = self.fatal
+            return _table(rows, columns)
+        assert self.stage is not None
+        work = [row for row in rows if row["error"] is None and row["image"] is not None and self.name in json.loads(row["needed"])]
+        images = [np.frombuffer(row["image"], dtype=np.dtype(row["dtype"])).reshape(row["shape"]).copy() for row in work]
+        groups: dict[Hashable, list[int]] = {}
+        for position, image in enumerate(images):
+            groups.setdefault(self.stage.batch_key(image), []).append(position)
+        size = max(1, self.stage.batch_size)
+        for members in groups.values():
+            for start in range(0, len(members), size):
+                chunk = members[start : start + size]
+                results = _run_stage(self.stage, self.name, [images[i] for i in chunk], [work[i]["source"] for i in chunk])
+                for position, result in zip(chunk, results):
+                    row = work[position]
+                    if isinstance(result, Failure):
+                        row.update(error=result.reason, image=None)
+                        for column in columns:
+                            row[column] = None
+                    else:
+                        row[self.column] = [_pack(guide) for guide in (result if isinstance(result, tuple) else (result,))]
+        if self.last:
+            for row in rows:
+                row["image"] = None
+        return _table(rows, columns)
+
+    def __del__(self) -> None:
+        close = getattr(getattr(self, "stage", None), "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+
+
+def _run_stage(stage: Stage, name: str, images: list[np.ndarray], sources: list[str]) -> list[Any]:
+    """As ``guides.batch._run_stage``: a failing batch is retried image by image to find the culprit."""
+    try:
+        results = list(stage.annotate_batch(images))
+        if len(results) != len(images):
+            raise RuntimeError(f"{name} returned {len(results)} guides for {len(images)} images")
+        return results
+    except Exception:
+        if len(images) > 1:
+            return [result for image, source in zip(images, sources) for result in _run_stage(stage, name, [image], [source])]
+        error = sys.exc_info()[1]
+        if isinstance(error, GuidesError):
+            return [Failure(sources[0], _reason(error, sources[0]))]
+        logger.debug("%s failed on %s", name, sources[0], exc_info=True)
+        return [Failure(sources[0], f"{name} failed ({type(error).__name__}: {error})")]
+
+
+def _pack(guide: Any) -> dict[str, Any]:
+    if isinstance(guide, np.ndarray):
+        array = np.ascontiguousarray(guide)
+        return {"data": array.tobytes(), "shape": list(array.shape), "dtype": array.dtype.str}
+    return {"data": pickle.dumps(guide), "shape": [], "dtype": _PICKLED}
+
+
+def _unpack(packed: Mapping[str, Any]) -> Any:
+    if packed["dtype"] == _PICKLED:
+        return pickle.loads(packed["data"])  # noqa: S301 - our own actor's output, same job
+    return np.frombuffer(packed["data"], dtype=np.dtype(packed["dtype"])).reshape(packed["shape"])
+
+
+def _write_batch(table: Any) -> Any:
+    """Encode and write each row's guides atomically (Ray task), as the local engine's writer does."""
+    import pyarrow as pa
+
+    guide_columns = _guide_columns(table)
+    out: dict[str, list[Any]] = {"index": [], "source": [], "reason": [], "fatal": []}
+    for row in table.to_pylist():
+        reason = row["error"]
+        if reason is None and row["fatal"] is None:
+            targets = json.loads(row["targets"])
+            try:
+                for column in guide_columns:
+                    if row[column] is None:
+                        continue
+                    name = column.split(":", 1)[1]
+                    guides = [_unpack(packed) for packed in row[column]]
+                    if len(guides) != len(targets[name]):
+                        raise RuntimeError(f"{name} made {len(guides)} guides for {len(targets[name])} outputs")
+                    for target, guide in zip(targets[name], guides):
+                        write_png_atomic(target, guide)
+            except GuidesError as error:
+                reason = _reason(error, row["source"])
+            except Exception as error:  # noqa: BLE001
+                reason = f"cannot write guide ({type(error).__name__}: {error})"
+        out["index"].append(row["index"])
+        out["source"].append(row["source"])
+        out["reason"].append(reason)
+        out["fatal"].append(row["fatal"])
+    schema = pa.schema([("index", pa.int64()), ("source", pa.string()), ("reason", pa.string()), ("fatal", pa.string())])
+    return pa.Table.from_pydict(out, schema=schema)
+
+
+def _fatal_error(payload: Mapping[str, Any]) -> GuidesError:
+    kind = getattr(errors, str(payload.get("type")), None)
+    message = str(payload.get("message"))
+    if isinstance(kind, type) and issubclass(kind, GuidesError) and kind not in (errors.InputError, errors.OutputError):
+        return kind(message)
+    error = GuidesError(message)
+    error.exit_code = int(payload.get("exit_code", 1))
+    return error
+
+
+def run_specs_on_ray(
+    specs: Sequence[Any],
+    loaders: Mapping[str, Callable[[], Stage]],
+    jobs: Sequence[Job],
+    failures: Sequence[Failure],
+    *,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    quiet: bool = False,
+    address: str | None = None,
+    num_gpus_per_worker: float = 0.0,
+) -> Summary:
+    """``guides run --engine ray``: GPU fractions and batch sizes for the learned annotators of ``specs``
+    (registry ``AnnotatorSpec``s; non-learned ones such as canny get CPU actors)."""
+    import_ray()
+    from ..annotators.base import ModelOptions
+
+    gpus: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    for spec in specs:
+        options_type = spec.annotator_class().Options
+        learned = issubclass(options_type, ModelOptions)
+        gpus[spec.name] = num_gpus_per_worker if learned else 0.0
+        if learned:
+            sizes[spec.name] = batch_size or options_type().batch_size
+    return run_jobs_ray(
+        jobs, loaders, workers=workers, overwrite=overwrite, max_pixels=max_pixels, progress=False if quiet else None,
+        failures=failures, address=address, num_gpus=gpus, batch_sizes=sizes,
+    )
