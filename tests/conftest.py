@@ -10,6 +10,10 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# No test may reach a model hub: without this, huggingface_hub retries an unreachable hub for ~20 s.
+# Tests of the download path serve a loopback hub and switch this off for themselves.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture(scope="session")
 def refs() -> Path:

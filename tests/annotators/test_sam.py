@@ -57,6 +57,7 @@ def build_tiny_sam(seed: int, logit_scale: float = 300.0) -> Sam:
         for mlp in sam.mask_decoder.output_hypernetworks_mlps:
             mlp.layers[-1].weight.mul_(logit_scale)
             mlp.layers[-1].bias.mul_(logit_scale)
+        sam.mask_decoder.iou_prediction_head.layers[-1].bias.add_(0.15)  # predicted IoUs on both sides of 0
     return sam
 
 
@@ -124,9 +125,9 @@ def tiny() -> Sam:
 PARITY_CASES = {
     # name: (image size, settings for both, our points_per_batch, minimum number of reference masks)
     "all candidates, no NMS": ((96, 128), GeneratorSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0), 64, 150),
-    "IoU and stability filters, NMS": ((96, 128), GeneratorSettings(points_per_side=8, pred_iou_thresh=0.05, stability_score_thresh=0.3), 64, 4),
-    "small regions removed": ((96, 128), GeneratorSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.2, min_mask_region_area=40), 64, 4),
-    "our batches of 5, tall image": ((150, 90), GeneratorSettings(points_per_side=7, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9), 5, 10),
+    "IoU and stability filters, NMS": ((150, 90), GeneratorSettings(points_per_side=8, pred_iou_thresh=0.08, stability_score_thresh=0.3), 64, 8),
+    "small regions removed": ((150, 90), GeneratorSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.2, min_mask_region_area=40), 64, 10),
+    "our batches of 5, NMS 0.9": ((150, 90), GeneratorSettings(points_per_side=7, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9), 5, 10),
 }
 
 

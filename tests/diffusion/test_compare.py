@@ -10,10 +10,9 @@ import numpy as np
 import piq
 import pytest
 import torch
-from PIL import Image
-
 from guides.diffusion.compare import compare_arrays, compare_files, difference_image
 from guides.errors import UsageError
+from PIL import Image
 
 
 def _piq_on_files(first: Path, second: Path) -> tuple[float, float]:

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from guides.diffusion.generate import Latents, load_latents, save_latents
 from guides.errors import UsageError
+from PIL import Image
 
 #: The settings of the expected images, as CONTEXT.md states them (written out, not imported).
 CONTEXT_SETTINGS = {
@@ -80,6 +79,57 @@ def test_defaults_are_the_reference_settings_and_the_sidecar_records_everything(
     for library in ("torch", "diffusers", "transformers", "piq", "python"):
         assert record["libraries"][library], library
     assert record["output"]["width"] == 512 and len(record["output"]["sha256"]) == 64
+
+
+def _reference_recipe(tiny_models, kinds: list[str], guides: list[Image.Image], scales: list[float]) -> np.ndarray:
+    """How the expected images were made (REFERENCE_NOTES.md + CONTEXT.md), written out with plain
+    diffusers: from_pretrained, DPM-Solver from the pipeline's scheduler config, global seed 2, no
+    generator, the guide size deciding the output size."""
+    from diffusers import ControlNetModel, DPMSolverMultistepScheduler, StableDiffusionControlNetPipeline
+
+    nets = [ControlNetModel.from_pretrained(tiny_models.controlnets[kind], low_cpu_mem_usage=False) for kind in kinds]
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        tiny_models.base, controlnet=nets[0] if len(nets) == 1 else nets, dtype=torch.float32,  # torch_dtype then
+        safety_checker=None, requires_safety_checker=False, low_cpu_mem_usage=False,
+    )
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    torch.manual_seed(2)
+    output = pipe(
+        prompt="a cute cat, detailed high-quality professional image",
+        negative_prompt="lowres, bad anatomy, bad hands, cropped, worst quality",
+        image=guides[0] if len(guides) == 1 else guides,
+        num_inference_steps=30,
+        guidance_scale=7.5,
+        controlnet_conditioning_scale=scales[0] if len(scales) == 1 else scales,
+    )
+    return np.asarray(output.images[0])
+
+
+def test_generate_equals_the_reference_recipe_in_plain_diffusers(tiny_models, guides_cli, tmp_path: Path) -> None:
+    """Bit for bit on the CPU (where the global seed and our seeded generator draw the same noise), for
+    one ControlNet and for the stack: our settings, scheduler, latents and guide handling are theirs."""
+    rng = np.random.default_rng(9)
+    edges = Image.fromarray((rng.random((64, 64)) > 0.85).astype(np.uint8) * 255, "L")
+    ramp = np.tile(np.linspace(0, 255, 64).astype(np.uint8)[:, None], (1, 64))
+    depth = Image.fromarray(np.dstack([ramp, ramp, ramp, np.full_like(ramp, 255)]), "RGBA")
+    edges.save(tmp_path / "edges.png")
+    depth.save(tmp_path / "depth.png")
+    small = ("--width", "64", "--height", "64", "--device", "cpu", "-q")
+    single = guides_cli("generate", tmp_path / "edges.png", "--control", "canny", *small, "-o", tmp_path / "one.png",
+                        *tiny_models.args("canny"))
+    assert single.exit_code == 0, single.output
+    stack = guides_cli("generate", tmp_path / "depth.png", tmp_path / "edges.png", "--control", "depth", "--control",
+                       "canny", "--scale", "0.3", "--scale", "0.7", *small, "-o", tmp_path / "stack.png",
+                       *tiny_models.args("canny", "depth"))
+    assert stack.exit_code == 0, stack.output
+    expected_single = _reference_recipe(tiny_models, ["canny"], [edges], [0.5])
+    expected_stack = _reference_recipe(tiny_models, ["depth", "canny"], [depth, edges], [0.3, 0.7])
+    for name, expected in (("one", expected_single), ("stack", expected_stack)):
+        ours = _pixels(tmp_path / f"{name}.png")
+        difference = np.abs(ours.astype(int) - expected.astype(int))
+        assert difference.max() == 0, (name, int(difference.max()), int((difference > 0).sum()))
+    assert not np.array_equal(expected_single, expected_stack)
 
 
 def test_same_seed_same_image_other_seed_other_image(tiny_models, guide_files, guides_cli, tmp_path: Path) -> None:

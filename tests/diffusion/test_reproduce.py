@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from guides.diffusion.compare import compare_files
+from PIL import Image
 
 CONTEXT_SETTINGS = {
     "prompt": "a cute cat, detailed high-quality professional image",
@@ -119,7 +118,7 @@ def test_our_canny_guide_end_to_end_and_identical_to_the_reference(
 
 def test_real_refs_our_canny_guide_is_bit_exact(refs: Path, tiny_models, tmp_path: Path) -> None:
     """On the real reference folder (GUIDES_REFS): the plan finds every file and our canny guide is exact."""
-    from guides.diffusion.reproduce import ReproduceOptions, _make_guides, guide_plan, Progress
+    from guides.diffusion.reproduce import Progress, ReproduceOptions, _make_guides, guide_plan
 
     options = ReproduceOptions(refs=refs, out=tmp_path, kinds=("canny",), device="cpu")
     guides, comparison, photo = _make_guides(options, guide_plan(options), Progress())

@@ -38,6 +38,9 @@ LISTED_UNCAPTIONED = 20
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None)
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=None)
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=str), envvar="GUIDES_MODELS_DIR", default=None)
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="ray: annotate on Ray Data (pip install \"controlnet-guides[ray]\").")
+@click.option("--ray-address", default=None, help="Ray cluster to use [default: start a local Ray runtime].")
+@click.option("--num-gpus-per-worker", type=click.FloatRange(0, 64), default=0.0, help="GPU fraction per annotator actor on Ray (learned annotators).")
 @click.option("--overwrite", is_flag=True, help="Rewrite every shard (also needed to change the settings of an export).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None, help="Threads for decoding and encoding [default: CPU cores].")
 @click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Refuse larger images (decompression bombs).")
@@ -45,8 +48,8 @@ LISTED_UNCAPTIONED = 20
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def dataset(inputs: tuple[str, ...], annotators: str, out: str, format_: str, layout: str, shard_size: int,
             resolution: int, captions: str | None, prompt: str | None, require_captions: bool,
-            overrides: tuple[str, ...], overwrite: bool, jobs: int | None, max_pixels: int, quiet: bool,
-            as_json: bool, **shared: Any) -> None:
+            overrides: tuple[str, ...], engine: str, ray_address: str | None, num_gpus_per_worker: float,
+            overwrite: bool, jobs: int | None, max_pixels: int, quiet: bool, as_json: bool, **shared: Any) -> None:
     """Export photos, one guide per annotator and captions as a ControlNet training set.
 
     \b
@@ -64,18 +67,34 @@ def dataset(inputs: tuple[str, ...], annotators: str, out: str, format_: str, la
     names = [name.strip() for name in annotators.split(",") if name.strip()]
     if not names:
         raise UsageError("name at least one annotator, e.g. --annotators canny")
+    if engine == "local" and (ray_address or num_gpus_per_worker):
+        raise UsageError("--ray-address and --num-gpus-per-worker need --engine ray")
     entries = registry_entries(names, shared, overrides)
+    runner = None
+    if engine == "ray":
+        from ..annotators.base import ModelOptions
+        from ..dataset.ray_engine import RayExportEngine
+        from ..registry import get
+
+        learned = [name for name in names if issubclass(get(name).annotator_class().Options, ModelOptions)]
+        sizes = {name: shared.get("batch_size") or get(name).annotator_class().Options().batch_size for name in learned}
+        runner = RayExportEngine(entries, learned=learned, batch_sizes=sizes, workers=jobs, max_pixels=max_pixels,
+                                 progress=False if quiet else None, address=ray_address, num_gpus_per_worker=num_gpus_per_worker)
     words = ["guides", "dataset", *inputs, "-a", ",".join(names), "-o", out, "--format", format_, "--layout", layout,
              "--shard-size", str(shard_size), "--resolution", str(resolution)]
     words += ["--captions", captions] if captions else []
     words += ["--prompt", prompt] if prompt is not None else []
     words += ["--require-captions"] if require_captions else []
     words += [word for text in overrides for word in ("--set", text)]
-    report = export_dataset(
-        inputs, out, entries, format=format_, layout=layout, shard_size=shard_size, resolution=resolution,
-        captions=captions, prompt=prompt, require_captions=require_captions, overwrite=overwrite, workers=jobs,
-        max_pixels=max_pixels, progress=False if quiet else None, command=shlex.join(words),
-    )
+    try:
+        report = export_dataset(
+            inputs, out, entries, format=format_, layout=layout, shard_size=shard_size, resolution=resolution,
+            captions=captions, prompt=prompt, require_captions=require_captions, overwrite=overwrite, workers=jobs,
+            max_pixels=max_pixels, progress=False if quiet else None, command=shlex.join(words), engine=runner,
+        )
+    finally:
+        if runner is not None:
+            runner.close()
     for failure in report.summary.failed:
         click.echo(f"failed: {failure.line()}", err=True)
     for relative in report.uncaptioned[:LISTED_UNCAPTIONED]:

@@ -121,8 +121,8 @@ def generate(guides: tuple[str, ...], controls: tuple[str, ...], scales: tuple[f
       guides generate depth.png edges.png --control depth --control canny \\
           --scale 0.3 --scale 0.7 -o stack.png
     """
-    from ..diffusion.generate import Control, ControlNetGenerator, load_latents, save_latents as write_latents
-    from ..diffusion.generate import check_size, write_generation
+    from ..diffusion.generate import Control, ControlNetGenerator, check_size, load_latents, write_generation
+    from ..diffusion.generate import save_latents as write_latents
     from ..diffusion.models import locate_models, missing_problems, raise_if_missing
     from ..imaging import load_image
 
@@ -145,7 +145,7 @@ def generate(guides: tuple[str, ...], controls: tuple[str, ...], scales: tuple[f
     latents = load_latents(latents_file) if latents_file else None
     control_list = [
         Control(kind, image, scales[index] if scales else REFERENCE_SCALE, source=str(Path(path).resolve()))
-        for index, (kind, image, path) in enumerate(zip(controls, images, guides))
+        for index, (kind, image, path) in enumerate(zip(controls, images, guides, strict=True))
     ]
     if latents is not None:
         generator.check_latents(latents, settings)  # before loading anything

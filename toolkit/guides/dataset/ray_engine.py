@@ -405,3 +405,45 @@ def run_specs_on_ray(
         jobs, loaders, workers=workers, overwrite=overwrite, max_pixels=max_pixels, progress=False if quiet else None,
         failures=failures, address=address, num_gpus=gpus, batch_sizes=sizes,
     )
+
+
+class RayExportEngine:
+    """``guides dataset --engine ray``: each shard's jobs (the photo stage plus the annotators) run through
+    ``run_jobs_ray`` on one Ray runtime kept up for the whole export (closed by ``close``)."""
+
+    def __init__(self, entries: Sequence[Any], *, learned: Sequence[str] = (), batch_sizes: Mapping[str, int] | None = None,
+                 workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool | None = False,
+                 address: str | None = None, num_gpus_per_worker: float = 0.0) -> None:
+        from .export import PHOTO_STAGE, PhotoStage
+
+        import_ray()
+        self.loaders: dict[str, Callable[[], Stage]] = {PHOTO_STAGE: PhotoStage}
+        self.loaders.update({entry.name: entry.load for entry in entries})
+        self.gpus = {name: (num_gpus_per_worker if name in learned else 0.0) for name in self.loaders}
+        self.batch_sizes = dict(batch_sizes or {})
+        self.workers = workers
+        self.max_pixels = max_pixels
+        self.progress = progress
+        self.address = address
+        self._runtime: contextlib.ExitStack | None = None
+
+    def run(self, jobs: Sequence[Job], decode: Callable[[Path, int], np.ndarray]) -> Summary:
+        if self._runtime is None:
+            stack = contextlib.ExitStack()
+            stack.enter_context(ray_runtime(self.address))
+            self._runtime = stack
+        return run_jobs_ray(jobs, self.loaders, workers=self.workers, max_pixels=self.max_pixels, progress=self.progress,
+                            decode=decode, num_gpus=self.gpus, batch_sizes=self.batch_sizes)
+
+    def model_files(self) -> dict[str, list[dict[str, Any]]]:
+        """The annotators load in Ray actors, not here: the card lists the catalog's entries."""
+        from .export import describe_model_files
+
+        from .export import PHOTO_STAGE
+
+        return {name: describe_model_files(name, None) for name in self.loaders if name != PHOTO_STAGE}
+
+    def close(self) -> None:
+        if self._runtime is not None:
+            self._runtime.close()
+            self._runtime = None

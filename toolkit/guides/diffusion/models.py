@@ -240,7 +240,7 @@ def load_base(path: Path, device: Any, dtype: Any) -> BaseComponents:
     # ``DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`` receives (defaults included).
     base_scheduler = base_class.from_config(stored)
     for module in (vae, unet, text_encoder):
-        module.to(device)
+        module.to(device=device, dtype=dtype)  # dtype again: older transformers ignore ``dtype=``
         module.eval()
         module.requires_grad_(False)
     return BaseComponents(vae, text_encoder, tokenizer, unet, dict(base_scheduler.config), class_name)
@@ -268,7 +268,7 @@ def load_controlnet(path: Path, device: Any, dtype: Any) -> Any:
         net = ControlNetModel.from_pretrained(path, **_loading_kwargs(dtype))
     except (OSError, ValueError, RuntimeError) as error:
         raise WeightsError(f"{path}: cannot load the ControlNet ({_first_line(error)})") from None
-    net.to(device)
+    net.to(device=device, dtype=dtype)
     net.eval()
     net.requires_grad_(False)
     return net

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -349,7 +348,7 @@ def reproduce(options: ReproduceOptions, progress: Progress | None = None) -> Re
     )
     raise_if_missing(missing_problems(base, nets, checkpoints))
     resolve_device(options.device)  # a bad device fails here, before any work
-    from .generate import ControlNetGenerator, Control, load_latents, save_latents, write_generation
+    from .generate import Control, ControlNetGenerator, load_latents, save_latents, write_generation
 
     generator = ControlNetGenerator(base, nets, options.device, options.precision)
     settings = options.settings
@@ -446,9 +445,4 @@ def reproduce(options: ReproduceOptions, progress: Progress | None = None) -> Re
 
     written = write_report(options.out, report, contact_sheet(sheet_rows))
     return ReproduceResult(report, written)
-
-
-def default_refs() -> str | None:
-    """``GUIDES_REFS`` when set (the folder of reference images)."""
-    return os.environ.get("GUIDES_REFS") or None
 

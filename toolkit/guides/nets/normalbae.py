@@ -159,7 +159,13 @@ def normalize_prediction(raw: torch.Tensor, min_kappa: float = 0.01) -> torch.Te
 
 
 def _pointwise(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """Apply a kernel-1 Conv1d to a (B, C, H, W) map as a 1x1 convolution."""
+    """Apply a kernel-1 Conv1d to a (B, C, H, W) map, keeping its memory format.
+
+    On a channels-last map this is one matrix product over the pixels (about twice as fast on CPU as
+    oneDNN's 1x1 convolution); otherwise a 1x1 convolution.
+    """
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return F.linear(x.permute(0, 2, 3, 1), conv.weight[:, :, 0], conv.bias).permute(0, 3, 1, 2)
     return F.conv2d(x, conv.weight.unsqueeze(-1), conv.bias)
 
 
@@ -219,6 +225,17 @@ class NNET(nn.Module):
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         return self.decoder(self.encoder(image))
+
+    def prepare_for_inference(self) -> NNET:
+        """Eval mode, decoder BatchNorm folded and first convolutions split (see ``UpSampleBN``).
+
+        Call after loading the weights and before moving to the device/dtype; the state dict is
+        unchanged (the derived weights are non-persistent buffers).
+        """
+        self.eval()
+        for block in (self.decoder.up1, self.decoder.up2, self.decoder.up3, self.decoder.up4):
+            block.fuse()
+        return self
 
     def predict_normals(self, image: torch.Tensor) -> torch.Tensor:
         """The full-resolution unit normals (B, 3, H, W) of a normalised image batch."""

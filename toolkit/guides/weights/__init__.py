@@ -6,21 +6,25 @@ Contract used by every learned annotator and the ControlNet stage:
   sha256, licence, used_by). Names: lineart, lineart-coarse, normals, depth, sam-vit-h, sam-vit-l,
   sam-vit-b. ``DIFFUSERS_REPOS`` lists the diffusers repositories of the ControlNet stage (sd15,
   controlnet-{canny,depth,lineart,normals,sam}).
-* ``resolve_checkpoint(name, explicit=None, models_dir=None) -> Path``: explicit file > ``models_dir`` /
-  ``GUIDES_MODELS_DIR`` (flat folder, hub file names) > huggingface_hub cache > download (unless
-  ``HF_HUB_OFFLINE``). Raises ``guides.errors.WeightsError`` with the one-line message users see.
-* ``resolve_diffusers_repo(repo_or_path, models_dir=None) -> Path``: a local folder of a diffusers repo
-  (given folder > models folder / repo name > hub cache), else WeightsError with the download hint.
+* ``resolve_checkpoint(name, explicit=None, models_dir=None, *, download=True) -> Path``: explicit file >
+  ``models_dir`` / ``GUIDES_MODELS_DIR`` (flat folder, hub file names; SAM also by basename) >
+  huggingface_hub cache > download (unless ``download=False`` or ``HF_HUB_OFFLINE``). Raises
+  ``guides.errors.WeightsError`` with the one-line message users see (file, repo, the
+  ``guides models download NAME`` command, the ``--models-dir`` alternative). A named models folder
+  that does not exist is an error, not a miss.
+* ``resolve_diffusers_repo(repo_or_path, models_dir=None, *, download=False) -> Path``: a local folder of
+  a diffusers repo (given folder > models folder / repo name > hub cache > download when asked), else
+  WeightsError with the download hint; accepts hub ids and catalog names (``sd15``, ``controlnet-depth``).
 * ``load_checkpoint_into(factory, path, *, container, key_filters=()) -> nn.Module``: builds
   ``factory()`` with parameters on the meta device (no wasted random initialisation; buffers computed
   on the CPU), reads the file with ``weights_only=True`` (memory-mapped), applies only the named key
   filters (``"strip_module_prefix"``, ``"drop_computed_buffers"`` or the functions themselves), loads
   strictly by assignment, returns the network in eval mode on the CPU.
 * ``read_state_dict(path, *, container) -> dict[str, Tensor]``: the safe read alone.
-* ``load_named_checkpoint(name, factory, explicit=None, models_dir=None, key_filters=None) -> nn.Module``: resolve + load
-  with the catalog's container and key filters (``CHECKPOINTS[name].key_filters``). The simplest call
-  for an annotator: ``load_named_checkpoint("depth", build_zoedepth, options.checkpoint,
-  options.models_dir)``.
+* ``load_named_checkpoint(name, factory, explicit=None, models_dir=None, key_filters=None)
+  -> nn.Module``: resolve + load with the catalog's container and key filters
+  (``CHECKPOINTS[name].key_filters``). The simplest call for an annotator:
+  ``load_named_checkpoint("depth", zoed_n, options.checkpoint, options.models_dir)``.
 
 Importing this package does not import torch or huggingface_hub.
 """
