@@ -127,7 +127,7 @@ PARITY_CASES = {
     "all candidates, no NMS": ((96, 128), GeneratorSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0), 64, 150),
     "IoU and stability filters, NMS": ((150, 90), GeneratorSettings(points_per_side=8, pred_iou_thresh=0.08, stability_score_thresh=0.3), 64, 8),
     "small regions removed": ((150, 90), GeneratorSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.2, min_mask_region_area=40), 64, 10),
-    "our batches of 5, NMS 0.9": ((150, 90), GeneratorSettings(points_per_side=7, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9), 5, 10),
+    "odd grid, NMS 0.9": ((150, 90), GeneratorSettings(points_per_side=7, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9), 16, 10),
 }
 
 
@@ -141,6 +141,21 @@ def test_tiny_masks_identical_to_segment_anything(tiny: Sam, case: str) -> None:
     engine.set_image(image)
     assert torch.equal(engine.predictor.features, _reference_features(tiny, image))
     assert_same_masks(engine.generate(dataclasses.replace(settings, points_per_batch=our_batch)), anns)
+
+
+def test_other_point_batches_change_scores_only_by_rounding(tiny: Sam) -> None:
+    """Bit-identity needs the reference's point batches (its ``points_per_batch``, 64 by default, which is
+    ours on the CPU): small token-side matrix products round differently for other batch sizes."""
+    image = blocks_image(150, 90)
+    settings = GeneratorSettings(points_per_side=7, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9)
+    anns = reference_generate(tiny, image, settings)
+    engine = SamEngine(tiny)
+    engine.set_image(image)
+    ours = engine.generate(dataclasses.replace(settings, points_per_batch=5))
+    ref = reference_arrays(anns)
+    assert len(ours) == len(anns) >= 10
+    assert np.abs(ours.predicted_iou - ref["iou"]).max() < 1e-6
+    assert sum(int((m != r).sum()) for m, r in zip(ours.masks, ref["masks"])) <= 5
 
 
 def _reference_features(model: Sam, image: np.ndarray) -> torch.Tensor:
@@ -402,6 +417,7 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path: Path, monkeypatch: pyt
     from PIL import Image
 
     Image.fromarray(blocks_image(64, 64)).save(image)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as exit_info:
         main(["sam", str(image), "--model", "vit_l", "--models-dir", str(tmp_path / "empty"), "-q"])
     assert exit_info.value.code == 2
@@ -446,7 +462,7 @@ def vit_b(tmp_path_factory: pytest.TempPathFactory) -> VitB:
     reference = sam_model_registry["vit_b"]().eval()
     models_dir = tmp_path_factory.mktemp("sam-models")
     torch.save(reference.state_dict(), models_dir / "sam_vit_b_01ec64.pth")
-    options = SamOptions(model="vit_b", models_dir=str(models_dir), device="cpu", resolution=0, points_per_side=6,
+    options = SamOptions(model="vit_b", models_dir=str(models_dir), device="cpu", resolution=0, points_per_side=4,
                          pred_iou_thresh=0.0, stability_score_thresh=0.0, seed=3)
     annotator = SamAnnotator(options)
     loaded = annotator.engine.model.state_dict()
@@ -456,29 +472,22 @@ def vit_b(tmp_path_factory: pytest.TempPathFactory) -> VitB:
     return VitB(reference, annotator, image, models_dir)
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [
-        GeneratorSettings(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0),
-        GeneratorSettings(points_per_side=6),  # defaults: random weights give no masks, in both
-    ],
-    ids=["all candidates", "default thresholds"],
-)
-def test_vit_b_masks_identical_to_segment_anything(vit_b: VitB, settings: GeneratorSettings) -> None:
+def test_vit_b_masks_identical_to_segment_anything(vit_b: VitB) -> None:
+    settings = GeneratorSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
     anns = vit_b.reference_generator(settings).generate(vit_b.image)
-    ours = vit_b.annotator.engine.generate(settings)
-    if settings.box_nms_thresh == 1.0:
-        assert len(anns) == 3 * 36
-    assert_same_masks(ours, anns)
+    assert len(anns) == 3 * 16  # every candidate: nothing filtered
+    assert_same_masks(vit_b.annotator.engine.generate(settings), anns)
 
 
 def test_vit_b_guide_is_the_painted_reference_masks(vit_b: VitB) -> None:
-    annotator = vit_b.annotator
-    settings = GeneratorSettings(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    """The annotator's own settings (thresholds 0, NMS 0.7): same masks after NMS, painted with the seed."""
+    options = vit_b.annotator.options
+    settings = GeneratorSettings(points_per_side=options.points_per_side, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     anns = vit_b.reference_generator(settings).generate(vit_b.image)
     assert len(anns) >= 1
+    assert_same_masks(vit_b.annotator.segments(vit_b.image), anns)
     expected = sam_common.paint_segments(np.stack([a["segmentation"] for a in anns]), seed=3)
-    assert np.array_equal(annotator.annotate(vit_b.image), expected)
+    assert np.array_equal(vit_b.annotator.annotate(vit_b.image), expected)
 
 
 def test_vit_b_mask_with_a_point_is_samPredictors_best(vit_b: VitB) -> None:
@@ -509,7 +518,7 @@ def test_vit_b_cli_sam_writes_the_guide(vit_b: VitB, tmp_path: Path, monkeypatch
     _use_engine(monkeypatch, vit_b.annotator.engine)
     source = tmp_path / "blocks.png"
     Image.fromarray(vit_b.image).save(source)
-    args = ["sam", str(source), "--model", "vit_b", "--resolution", "0", "--points-per-side", "6", "--pred-iou-thresh", "0",
+    args = ["sam", str(source), "--model", "vit_b", "--resolution", "0", "--points-per-side", "4", "--pred-iou-thresh", "0",
             "--stability-score-thresh", "0", "--seed", "3", "-q"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output

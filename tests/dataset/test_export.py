@@ -257,3 +257,26 @@ def test_bad_arguments_are_usage_errors(photo_tree: Path, tmp_path: Path) -> Non
     with pytest.raises(UsageError, match="clash with the dataset's own columns"):
         export_dataset([photo_tree], tmp_path / "o", [AnnotatorEntry("text", lambda: CANNY)])
     assert not os.path.exists(tmp_path / "o")
+    (photo_tree / "README.md").write_text("the user's own notes", encoding="utf-8")
+    with pytest.raises(UsageError, match="holds a README.md that is not a guides export's card"):
+        export_dataset([photo_tree], photo_tree, registry_entries(["canny"]))
+    assert (photo_tree / "README.md").read_text(encoding="utf-8") == "the user's own notes"
+
+
+def test_model_files_on_the_card(tmp_path: Path) -> None:
+    import hashlib
+
+    from guides.dataset.card import describe_model_files
+
+    checkpoint = tmp_path / "sk_model.pth"
+    checkpoint.write_bytes(b"weights" * 1000)
+
+    class Loaded:
+        checkpoint_path = checkpoint
+
+    assert describe_model_files("lineart", Loaded()) == [
+        {"file": str(checkpoint), "size": 7000, "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
+    ]
+    catalog = describe_model_files("depth", object())
+    assert [item["file"] for item in catalog] == ["ZoeD_M12_N.pt"] and "catalog entry" in catalog[0]["note"]
+    assert describe_model_files("canny", object()) == []

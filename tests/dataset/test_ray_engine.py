@@ -108,3 +108,18 @@ def test_ray_options_without_ray_and_with_the_local_engine(monkeypatch, tmp_path
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(UsageError, match=r'pip install "controlnet-guides\[ray\]"'):
         import_ray()
+
+
+def test_guides_dataset_engine_ray_writes_the_same_shards(ray_session, photo_tree: Path, tmp_path: Path, tree_reader) -> None:
+    pytest.importorskip("pyarrow", reason="pyarrow is not installed")
+    from guides.dataset.export import export_dataset, registry_entries
+
+    local = export_dataset([photo_tree], tmp_path / "local", registry_entries(["canny"]), resolution=64, prompt="p")
+    result = invoke("dataset", str(photo_tree), "-a", "canny", "-o", str(tmp_path / "ray"), "--resolution", "64",
+                    "--prompt", "p", "--engine", "ray", "-q", "--json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert (report["rows"], report["failed"]) == (local.rows, len(local.summary.failed)) == (6, 3)
+    assert sorted(f["path"] for f in report["failures"]) == sorted(f.path for f in local.summary.failed)
+    name = "canny/train-00000-of-00001.parquet"
+    assert tree_reader(tmp_path / "ray")[name] == tree_reader(tmp_path / "local")[name], "shards differ between the engines"

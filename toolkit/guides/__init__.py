@@ -28,7 +28,7 @@ from .registry import available, get  # noqa: E402
 
 __all__ = [
     "Annotator", "GuidesError", "InputError", "UsageError", "WeightsError",
-    "annotate", "available", "canny", "composite", "depth", "get", "load",
+    "annotate", "available", "canny", "composite", "depth", "get", "load", "mask", "sam",
 ]
 
 
@@ -56,6 +56,25 @@ def depth(image: ImageLike, format: str = "rgba", flip: bool = True, pad: bool =
     """ZoeDepth (ZoeD_N) depth: RGBA near = white as the original colouring; ``format="gray"`` (L) or
     ``"metric16"`` (I;16, metres * 256). ``options``: device, precision, models_dir, checkpoint."""
     return annotate("depth", image, format=format, flip=flip, pad=pad, resolution=resolution, **options)
+
+
+def sam(image: ImageLike, **options: Any) -> Image.Image:
+    """Segment Anything guide (RGB): automatic masks, largest first, one flat colour each over black.
+
+    Masks are exactly ``SamAutomaticMaskGenerator``'s; colours come from ``seed`` (same image and seed, same
+    guide). Options: ``model`` (vit_h|vit_l|vit_b), ``points_per_side``, ``pred_iou_thresh``,
+    ``stability_score_thresh``, ``min_region_area``, ``seed``, ``resolution``, ``device``, ``precision``...
+    """
+    return annotate("sam", image, **options)
+
+
+def mask(image: ImageLike, **options: Any) -> Image.Image:
+    """Subject mask (L): black = keep the subject, white = repaint (``invert=True`` swaps them).
+
+    The subject: ``points=[(x, y), ...]`` / ``negative_points`` / ``box=(x0, y0, x1, y1)`` (SamPredictor's
+    best of three), else the best-scored automatic mask covering the centre. Also ``dilate``, ``feather``.
+    """
+    return annotate("mask", image, **options)
 
 
 def composite(

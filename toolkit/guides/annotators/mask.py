@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import UsageError
 from ..imaging import resize_image
 from .base import Annotator, ModelOptions
+from . import sam_common
 from .sam_common import (
     MODEL_TYPES,
     Box,
@@ -41,7 +42,7 @@ from .sam_common import (
     finish_mask,
     generator_cli_options,
     generator_settings,
-    load_engine,
+
     normalize_box,
     normalize_points,
     scale_prompts,
@@ -103,7 +104,7 @@ class MaskAnnotator(Annotator):
         if options.feather < 0:
             raise UsageError(f"feather must be 0 or more, got {options.feather}")
         if model is None:
-            self.engine = load_engine(options.model, options.device, options.precision, options.models_dir, options.checkpoint)
+            self.engine = sam_common.load_engine(options.model, options.device, options.precision, options.models_dir, options.checkpoint)
         else:
             self.engine = engine_for(model, options.precision)
 

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import UsageError
 from ..imaging import resize_image
 from .base import Annotator, ModelOptions
+from . import sam_common
 from .sam_common import (
     MODEL_TYPES,
     check_generator_options,
@@ -25,7 +26,7 @@ from .sam_common import (
     engine_for,
     generator_cli_options,
     generator_settings,
-    load_engine,
+
     paint_segments,
 )
 
@@ -66,7 +67,7 @@ class SamAnnotator(Annotator):
         if options.seed < 0:
             raise UsageError(f"seed must be 0 or more, got {options.seed}")
         if model is None:
-            self.engine = load_engine(options.model, options.device, options.precision, options.models_dir, options.checkpoint)
+            self.engine = sam_common.load_engine(options.model, options.device, options.precision, options.models_dir, options.checkpoint)
         else:
             self.engine = engine_for(model, options.precision)
 

@@ -146,7 +146,7 @@ def paint_segments(masks: np.ndarray, seed: int = 0, areas: np.ndarray | None = 
         raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
     count, height, width = masks.shape
     if areas is None:
-        areas = masks.reshape(count, -1).sum(axis=1)
+        areas = masks.sum(axis=(1, 2))
     order = np.argsort(-np.asarray(areas, dtype=np.int64), kind="stable")
     colors = segment_colors(count, seed)
     labels = np.full((height, width), -1, dtype=np.int64)

@@ -32,58 +32,48 @@ into place, so a killed export never leaves a half-written shard under a real na
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import datetime
 import functools
 import hashlib
-import io
+import importlib.util
 import json
 import logging
 import os
-import secrets
 import shutil
-import sys
-import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from .. import __version__
-from ..batch import Failure, Job, Stage, Summary, is_own_output, run_jobs, walk_images
-from ..errors import InputError, UsageError
-from ..imaging import DEFAULT_MAX_PIXELS, TEMP_MARK, load_image, remove_stale_temp_files, resize_image, write_atomic
+from ..batch import Failure, Job, Stage, Summary, run_jobs
+from ..errors import UsageError
+from ..imaging import DEFAULT_MAX_PIXELS, load_image, remove_stale_temp_files, resize_image, write_atomic
+from .card import dataset_card, describe_model_files, training_commands
+from .photos import Photo, list_photos, read_captions
+from .shards import (
+    COLUMNS_FOLDER,
+    FORMATS,
+    LAYOUTS,
+    PHOTO_STAGE,
+    ROWS_PER_GROUP,
+    ShardLayout,
+    ShardRow,
+    open_shard,
+)
+from .shards import unlink_quietly as _unlink
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("parquet", "webdataset")
-LAYOUTS = ("per-annotator", "columns")
 DEFAULT_SHARD_SIZE = 1000
 DEFAULT_RESOLUTION = 512
 MANIFEST_NAME = ".guides-export.json"
 STAGING_NAME = ".guides-staging"
 CARD_NAME = "README.md"
-COLUMNS_FOLDER = "data"
-#: The pseudo-stage that stores the photo itself (as every annotator saw it).
-PHOTO_STAGE = "image"
-#: Rows per Parquet row group (Hugging Face's recommendation for image datasets).
-ROWS_PER_GROUP = 100
 MANIFEST_VERSION = 1
 #: Settings that change how an annotator runs but not what it outputs; a rerun may change them.
 RUNTIME_SETTINGS = frozenset({"device", "batch_size", "models_dir"})
-#: Names accepted in captions files for the photo's relative path and for its caption.
-PATH_KEYS = ("file_name", "path", "file", "image")
-CAPTION_KEYS = ("text", "caption", "prompt")
-TRAIN_SCRIPT = "examples/controlnet/train_controlnet.py"
-BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-LIBRARIES = (
-    "numpy", "opencv-python-headless", "opencv-python", "pillow", "pyarrow", "torch", "torchvision", "timm",
-    "segment-anything", "safetensors", "ray",
-)
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -96,26 +86,6 @@ class AnnotatorEntry:
     name: str
     load: Callable[[], Stage]
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class Photo:
-    """One photo of the export, in its final order."""
-
-    index: int
-    source: Path
-    relative: str
-    """Path relative to its input folder (POSIX separators), the key of captions files."""
-    caption: str | None
-    caption_from: str | None
-    """``"captions file"``, ``"sidecar"``, ``"prompt"`` or None."""
-    stat: tuple[int, int]
-    """(size, mtime_ns) of the file when listed; a shard is redone when one of its photos changed."""
-
-    @property
-    def key(self) -> str:
-        """The WebDataset sample key: the index, 9 digits (no dots, sorts in order)."""
-        return f"{self.index:09d}"
 
 
 def registry_entries(
@@ -185,266 +155,17 @@ def _convert(raw: str, default: Any, label: str) -> Any:
         raise UsageError(f"--set {label}={raw}: expected a {type(default).__name__}") from None
     if default is None and raw.lower() in ("none", ""):
         return None
+    if isinstance(default, (tuple, list)) or (default is None and raw[:1] in "[{"):
+        try:
+            return _tuples(json.loads(raw))
+        except ValueError:
+            raise UsageError(f"--set {label}={raw}: expected JSON, e.g. [[120, 80], [200, 150]]") from None
     return raw
 
 
-def read_captions(path: str | os.PathLike) -> dict[str, str]:
-    """Captions keyed by relative photo path from a JSONL (``.jsonl``/``.json``) or CSV (``.csv``/``.tsv``) file.
-
-    Each record names the photo under one of ``file_name``, ``path``, ``file``, ``image`` (relative to its
-    input folder, as in ``metadata.jsonl``) and the caption under ``text``, ``caption`` or ``prompt``.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".tsv", ".jsonl", ".json", ".ndjson"):
-        raise UsageError(f"--captions {path}: use a .jsonl or .csv file (got {suffix or 'no suffix'})")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as error:
-        raise UsageError(f"--captions {path}: cannot read ({error.strerror or error})") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"--captions {path}: not UTF-8 text") from None
-    if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
-        records = [(number + 2, row) for number, row in enumerate(reader)]
-    else:
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UsageError(f"--captions {path}:{number}: not a JSON object ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise UsageError(f"--captions {path}:{number}: not a JSON object")
-            records.append((number, record))
-    captions: dict[str, str] = {}
-    for number, record in records:
-        key = next((record[name] for name in PATH_KEYS if record.get(name) not in (None, "")), None)
-        caption = next((record[name] for name in CAPTION_KEYS if name in record and record[name] is not None), None)
-        if not isinstance(key, str):
-            raise UsageError(f"--captions {path}:{number}: no photo path (one of {', '.join(PATH_KEYS)})")
-        if not isinstance(caption, str):
-            raise UsageError(f"--captions {path}:{number}: no caption string (one of {', '.join(CAPTION_KEYS)})")
-        captions[_normal_key(key)] = caption.strip()
-    return captions
-
-
-def _normal_key(key: str) -> str:
-    key = key.replace("\\", "/")
-    while key.startswith("./"):
-        key = key[2:]
-    return key
-
-
-def list_photos(
-    inputs: Sequence[str | os.PathLike],
-    out: Path,
-    captions: Mapping[str, str] | None = None,
-    prompt: str | None = None,
-) -> tuple[list[Photo], list[Failure]]:
-    """The photos to export, in order, with their captions; missing inputs and duplicate keys are failures.
-
-    Folders are walked like every batch command; files named like guides (``x.canny.png``) and anything
-    under ``out`` are not photos.
-    """
-    from ..registry import REGISTRY
-
-    out_id = _identity(out)
-    failures: list[Failure] = []
-    found: list[tuple[Path, str]] = []
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            skip = functools.partial(_not_a_photo, own=tuple(REGISTRY), out_id=out_id)
-            found.extend((file, file.relative_to(path).as_posix()) for file in walk_images(path, skip))
-        elif path.exists() or path.is_symlink():
-            found.append((path, path.name))
-        else:
-            failures.append(Failure(str(path), "no such file or folder"))
-    photos: list[Photo] = []
-    seen: dict[str, Path] = {}
-    for source, relative in found:
-        if relative in seen:
-            failures.append(Failure(str(source), f"same relative path {relative!r} as {seen[relative]}; keys and captions need unique paths (export the folders separately)"))
-            continue
-        seen[relative] = source
-        try:
-            caption, origin = _caption_for(source, relative, captions or {}, prompt)
-            status = source.stat()
-        except InputError as error:
-            failures.append(Failure(str(source), error.reason if error.path == str(source) else str(error)))
-            continue
-        except OSError as error:
-            failures.append(Failure(str(source), f"cannot read: {error.strerror or error}"))
-            continue
-        photos.append(Photo(len(photos), source, relative, caption, origin, (status.st_size, status.st_mtime_ns)))
-    return photos, failures
-
-
-def _not_a_photo(path: Path, own: tuple[str, ...], out_id: Path) -> bool:
-    return is_own_output(path, own) or out_id in _identity(path).parents
-
-
-def _caption_for(source: Path, relative: str, captions: Mapping[str, str], prompt: str | None) -> tuple[str | None, str | None]:
-    if relative in captions:
-        return captions[relative], "captions file"
-    sidecar = source.with_suffix(".txt")
-    if sidecar.is_file():
-        try:
-            return sidecar.read_text(encoding="utf-8-sig").strip(), "sidecar"
-        except (OSError, UnicodeDecodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-            raise InputError(source, f"cannot read its caption {sidecar.name} ({reason})") from None
-    if prompt is not None:
-        return prompt, "prompt"
-    return None, None
-
-
-def _identity(path: Path) -> Path:
-    return Path(os.path.normcase(os.path.abspath(path)))
-
-
-# -------------------------------------------------------------------------------------------- shards
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardLayout:
-    """Where shards go and which columns (or tar members) each file holds."""
-
-    format: str
-    layout: str
-    annotators: tuple[str, ...]
-
-    @property
-    def datasets(self) -> tuple[str, ...]:
-        """The dataset folders: one per annotator, or ``data`` for the columns layout."""
-        return self.annotators if self.layout == "per-annotator" else (COLUMNS_FOLDER,)
-
-    def file_name(self, shard: int, shards: int) -> str:
-        if self.format == "parquet":
-            return f"train-{shard:05d}-of-{shards:05d}.parquet"
-        return f"{shard:06d}.tar"
-
-    def files(self, shard: int, shards: int) -> dict[str, str]:
-        """Dataset folder -> the shard's file, relative to OUT (POSIX)."""
-        return {folder: f"{folder}/{self.file_name(shard, shards)}" for folder in self.datasets}
-
-    def image_columns(self, folder: str) -> list[tuple[str, str]]:
-        """(column name, stage whose PNG fills it) for one dataset folder."""
-        if self.layout == "per-annotator":
-            return [("image", PHOTO_STAGE), ("conditioning_image", folder)]
-        return [("image", PHOTO_STAGE)] + [(name, name) for name in self.annotators]
-
-    def columns(self, folder: str) -> list[str]:
-        """The dataset's columns as ``datasets`` shows them."""
-        images = [column for column, _ in self.image_columns(folder)]
-        if self.format == "parquet":
-            return images + ["text", "source"]
-        return [f"{column}.png" for column in images] + ["txt", "json"]
-
-
-@dataclasses.dataclass
-class _Row:
-    photo: Photo
-    pngs: dict[str, bytes]
-
-
-class _ShardFile(Protocol):
-    def add(self, rows: Sequence[_Row]) -> None: ...
-    def commit(self) -> int: ...
-    def abort(self) -> None: ...
-
-
-def _temp_path(target: Path) -> Path:
-    """A hidden temporary name beside ``target`` that ``remove_stale_temp_files`` recognises."""
-    return target.parent / f".{target.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
-
-
-class _ParquetShard:
-    """Streams rows into a Parquet file (one row group per ``add``) and renames it into place."""
-
-    def __init__(self, target: Path, columns: list[tuple[str, str]]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self._pa = pa
-        self.target = target
-        self.columns = columns
-        image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-        fields = [pa.field(name, image) for name, _ in columns] + [pa.field("text", pa.string()), pa.field("source", pa.string())]
-        features = {name: {"_type": "Image"} for name, _ in columns}
-        features.update(text={"dtype": "string", "_type": "Value"}, source={"dtype": "string", "_type": "Value"})
-        metadata = {"huggingface": json.dumps({"info": {"features": features}})}
-        self.schema = pa.schema(fields, metadata=metadata)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self.temp = _temp_path(target)
-        self.writer = pq.ParquetWriter(str(self.temp), self.schema, use_dictionary=False)
-
-    def add(self, rows: Sequence[_Row]) -> None:
-        if not rows:
-            return
-        data: dict[str, list[Any]] = {name: [{"bytes": row.pngs[stage], "path": None} for row in rows] for name, stage in self.columns}
-        data["text"] = [row.photo.caption or "" for row in rows]
-        data["source"] = [row.photo.relative for row in rows]
-        self.writer.write_table(self._pa.Table.from_pydict(data, schema=self.schema))
-
-    def commit(self) -> int:
-        self.writer.close()
-        os.replace(self.temp, self.target)
-        return self.target.stat().st_size
-
-    def abort(self) -> None:
-        try:
-            self.writer.close()
-        finally:
-            _unlink(self.temp)
-
-
-class _TarShard:
-    """Streams samples into a WebDataset tar (deterministic headers) and renames it into place."""
-
-    def __init__(self, target: Path, columns: list[tuple[str, str]]) -> None:
-        self.target = target
-        self.columns = columns
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self.temp = _temp_path(target)
-        self.tar = tarfile.open(self.temp, "w", format=tarfile.USTAR_FORMAT)
-
-    def add(self, rows: Sequence[_Row]) -> None:
-        for row in rows:
-            key = row.photo.key
-            for name, stage in self.columns:
-                self._member(f"{key}.{name}.png", row.pngs[stage])
-            self._member(f"{key}.txt", (row.photo.caption or "").encode("utf-8"))
-            self._member(f"{key}.json", json.dumps({"source": row.photo.relative}, ensure_ascii=False).encode("utf-8"))
-
-    def _member(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mode = 0o644
-        info.mtime = 0
-        info.uname = info.gname = ""
-        self.tar.addfile(info, io.BytesIO(data))
-
-    def commit(self) -> int:
-        self.tar.close()
-        os.replace(self.temp, self.target)
-        return self.target.stat().st_size
-
-    def abort(self) -> None:
-        try:
-            self.tar.close()
-        finally:
-            _unlink(self.temp)
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+def _tuples(value: Any) -> Any:
+    """JSON lists as (nested) tuples, the way frozen option dataclasses hold sequences."""
+    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
 
 
 # -------------------------------------------------------------------------------------------- engine
@@ -485,6 +206,7 @@ class LocalExportEngine:
         self.max_pixels = max_pixels
         self.progress = progress
         self._stages: dict[str, Stage] | None = None
+        self._model_files: dict[str, list[dict[str, Any]]] | None = None
 
     def _loaded(self) -> dict[str, Stage]:
         if self._stages is None:
@@ -503,9 +225,12 @@ class LocalExportEngine:
                         progress=self.progress, decode=decode)
 
     def model_files(self) -> dict[str, list[dict[str, Any]]]:
+        """The loaded annotators' model files (hashed once per engine); empty before anything ran."""
         if self._stages is None:
             return {}
-        return {entry.name: describe_model_files(entry.name, self._stages[entry.name]) for entry in self.entries}
+        if self._model_files is None:
+            self._model_files = {entry.name: describe_model_files(entry.name, self._stages[entry.name]) for entry in self.entries}
+        return self._model_files
 
     def close(self) -> None:
         if self._stages is not None:
@@ -523,42 +248,6 @@ class LocalExportEngine:
 def decode_resized(path: Path, max_pixels: int, resolution: int) -> np.ndarray:
     """Read a photo with the package's reader and resize it as ControlNet does (0 keeps its size)."""
     return np.ascontiguousarray(resize_image(load_image(path, max_pixels), resolution))
-
-
-def describe_model_files(name: str, stage: object) -> list[dict[str, Any]]:
-    """The checkpoint files a loaded annotator used (its ``model_files`` or ``checkpoint_path``
-    attribute), with size and sha256; else the catalog entries naming it, marked as such."""
-    paths: list[Path] = []
-    declared = getattr(stage, "model_files", None)
-    if callable(declared):
-        declared = declared()
-    if declared:
-        paths = [Path(p) for p in declared]
-    elif getattr(stage, "checkpoint_path", None):
-        paths = [Path(stage.checkpoint_path)]  # type: ignore[attr-defined]
-    if paths:
-        return [{"file": str(path), "size": path.stat().st_size, "sha256": _sha256(path)} for path in paths if path.is_file()]
-    try:
-        from ..weights.catalog import CHECKPOINTS
-    except ImportError:  # pragma: no cover - the catalog is part of the package
-        return []
-    found = []
-    for checkpoint in CHECKPOINTS.values():
-        users = {part.strip().split(" ")[0] for part in checkpoint.used_by.split(",")}
-        if name in users:
-            found.append({
-                "file": checkpoint.filename, "repo": checkpoint.repo, "sha256": checkpoint.sha256,
-                "used_by": checkpoint.used_by, "note": "catalog entry: the annotator does not report the file it loaded",
-            })
-    return found
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -------------------------------------------------------------------------------------------- export
@@ -644,6 +333,8 @@ def export_dataset(
     }
     manifest_path = out / MANIFEST_NAME
     previous = _read_manifest(manifest_path)
+    if previous is None and (out / CARD_NAME).exists() and not manifest_path.exists():
+        raise UsageError(f"--out {out} holds a {CARD_NAME} that is not a guides export's card; choose a new or empty folder")
     if previous is not None and previous.get("fingerprint") != _jsonable(fingerprint) and not overwrite:
         raise UsageError(
             f"{out} holds an export made with other settings ({_differences(previous.get('fingerprint'), _jsonable(fingerprint))}); "
@@ -723,11 +414,8 @@ def _check_arguments(names: Sequence[str], format: str, layout: str, shard_size:
         raise UsageError("--shard-size must be at least 1")
     if resolution < 0:
         raise UsageError("--resolution must be 0 (keep) or positive")
-    if format == "parquet":
-        try:
-            import pyarrow.parquet  # noqa: F401
-        except ImportError:
-            raise UsageError('Parquet export needs pyarrow: pip install "controlnet-guides[dataset]" (or use --format webdataset)') from None
+    if format == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise UsageError('Parquet export needs pyarrow: pip install "controlnet-guides[dataset]" (or use --format webdataset)')
 
 
 @dataclasses.dataclass
@@ -748,14 +436,13 @@ def _export_shard(out: Path, staging: Path, token: str, shape: ShardLayout, grou
     summary = engine.run(jobs, decode)
     failed_sources = {failure.path for failure in summary.failed}
     kept = [(photo, job) for photo, job in zip(group, jobs) if str(photo.source) not in failed_sources]
-    writers: dict[str, _ShardFile] = {}
+    writers = {}
     sizes: dict[str, int] = {}
     try:
         for folder, name in files.items():
-            kind = _ParquetShard if shape.format == "parquet" else _TarShard
-            writers[folder] = kind(out / name, shape.image_columns(folder))
+            writers[folder] = open_shard(shape.format, out / name, shape.image_columns(folder))
         for start in range(0, len(kept), ROWS_PER_GROUP):
-            rows = [_Row(photo, {stage: job.outputs[stage][0].read_bytes() for stage in stages}) for photo, job in kept[start : start + ROWS_PER_GROUP]]
+            rows = [ShardRow(photo, {stage: job.outputs[stage][0].read_bytes() for stage in stages}) for photo, job in kept[start : start + ROWS_PER_GROUP]]
             for writer in writers.values():
                 writer.add(rows)
         for folder, writer in list(writers.items()):
@@ -842,124 +529,8 @@ def _differences(old: Any, new: Any) -> str:
     return "; ".join(changed) or "unknown settings"
 
 
-# ---------------------------------------------------------------------------------------------- card
-
-
-def training_commands(out: Path, shape: ShardLayout, resolution: int) -> dict[str, str]:
-    """The ``train_controlnet.py`` command for each dataset of the export (one per annotator)."""
-    commands = {}
-    for name in shape.annotators:
-        folder = name if shape.layout == "per-annotator" else COLUMNS_FOLDER
-        flags = []
-        if shape.format == "webdataset":
-            conditioning = "conditioning_image.png" if shape.layout == "per-annotator" else f"{name}.png"
-            flags = ["--image_column=image.png", f"--conditioning_image_column={conditioning}", "--caption_column=txt"]
-        elif shape.layout == "columns":
-            flags = [f"--conditioning_image_column={name}"]
-        parts = [
-            f"accelerate launch {TRAIN_SCRIPT}",
-            f"--pretrained_model_name_or_path={BASE_MODEL}",
-            f"--train_data_dir={_quote(str(out / folder))}",
-            *flags,
-            f"--resolution={resolution or 512}",
-            f"--output_dir=controlnet-{name}",
-            "--learning_rate=1e-5 --train_batch_size=4",
-        ]
-        commands[name] = " \\\n  ".join(parts)
-    return commands
-
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
-
-
-def library_versions(extra: Sequence[str] = ()) -> dict[str, str]:
-    """Installed versions of the libraries that shape the guides and the files (missing ones left out)."""
-    versions = {"python": sys.version.split()[0], "guides (controlnet-guides)": __version__}
-    for name in (*LIBRARIES, *extra):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def dataset_card(out: Path, shape: ShardLayout, entries: Sequence[AnnotatorEntry], manifest: Mapping[str, Any],
-                 report: ExportReport, photos: Sequence[Photo], resolution: int, shard_size: int, command: str | None) -> str:
-    """The README.md of the export: YAML configs for ``datasets``, then what was made and how to train."""
-    extension = "parquet" if shape.format == "parquet" else "tar"
-    lines = ["---", "configs:"]
-    for index, folder in enumerate(shape.datasets):
-        config = folder if shape.layout == "per-annotator" else "default"
-        lines += [f"- config_name: {config}", "  data_files:", "  - split: train", f"    path: {folder}/*.{extension}"]
-        if index == 0:
-            lines.append("  default: true")
-    lines += ["tags:", "- controlnet", "- guides", "---", ""]
-    names = ", ".join(shape.annotators)
-    failed = len(report.summary.failed)
-    origins: dict[str, int] = {}
-    for photo in photos:
-        origins[photo.caption_from or "none"] = origins.get(photo.caption_from or "none", 0) + 1
-    lines += [
-        f"# ControlNet training set: {names}",
-        "",
-        f"Made by guides {__version__} on {datetime.date.today().isoformat()}"
-        + (f" with `{command}`." if command else "."),
-        "",
-        f"- photos in the dataset: {report.rows}; failed (left out): {failed}; without caption (empty `text`): "
-        f"{len(report.uncaptioned)}",
-        f"- format: {shape.format}, layout: {shape.layout}, up to {shard_size} photos per shard, "
-        f"{len(manifest.get('shards', {}))} shard(s)",
-        f"- photos resized with ControlNet's resize_image to {resolution} (short side, sides multiples of 64)"
-        if resolution else "- photos kept at their own size",
-        "- captions: " + ", ".join(f"{origin} {number}" for origin, number in sorted(origins.items())),
-        "",
-        "Each `image` is the photo exactly as every annotator saw it (decoded with EXIF orientation applied, "
-        "alpha composited on white, resized once), stored as lossless PNG; each guide is that annotator's "
-        "output for it, stored as PNG, so image and guides align pixel for pixel.",
-        "",
-        "## Layout",
-        "",
-    ]
-    for folder in shape.datasets:
-        columns = ", ".join(f"`{column}`" for column in shape.columns(folder))
-        lines.append(f"- `{folder}/*.{extension}`: columns {columns}")
-    if shape.format == "webdataset":
-        lines += ["", "WebDataset samples are keyed by the photo's 9-digit index; `json` holds `{\"source\": relative path}`."]
-    lines += ["", "## Load it", "", "```python", "from datasets import load_dataset", ""]
-    for folder in shape.datasets:
-        config = f', "{folder}"' if shape.layout == "per-annotator" else ""
-        lines.append(f'ds = load_dataset("{out}"{config}, split="train")  # or load_dataset("{out / folder}")')
-    if shape.format == "webdataset":
-        lines += ["", "import webdataset as wds", f'wds.WebDataset("{out / shape.datasets[0]}/{{000000..{max(0, len(manifest.get("shards", {})) - 1):06d}}}.tar").decode("pil")']
-    lines += ["```", "", f"## Train a ControlNet (diffusers `{TRAIN_SCRIPT}`)", ""]
-    for name, text in report.commands.items():
-        lines += [f"{name}:", "", "```bash", text, "```", ""]
-    lines += ["## Annotators and settings", ""]
-    for entry in entries:
-        settings = ", ".join(f"{key}={value!r}" for key, value in entry.settings.items())
-        lines.append(f"- `{entry.name}`: {settings or 'defaults'}")
-    lines += ["", "`resolution=0` above: the annotators worked at the size of the stored image (see above).", ""]
-    lines += ["## Model files", ""]
-    model_files = manifest.get("model_files", {})
-    for entry in entries:
-        files = model_files.get(entry.name)
-        if not files:
-            lines.append(f"- `{entry.name}`: none" + (" (no model)" if files == [] else " recorded"))
-            continue
-        for item in files:
-            details = ", ".join(f"{key} {value}" for key, value in item.items() if key != "file" and value is not None)
-            lines.append(f"- `{entry.name}`: `{item['file']}` ({details})")
-    lines += ["", "## Library versions (installed when the export ran)", ""]
-    lines += [f"- {name} {version}" for name, version in library_versions().items()]
-    lines += ["", "Random-weight or placeholder checkpoints make wiring-correct but meaningless guides: check the model files above.", ""]
-    return "\n".join(lines)
-
-
 __all__ = [
-    "AnnotatorEntry", "ExportEngine", "ExportReport", "LocalExportEngine", "Photo", "PhotoStage", "ShardLayout",
-    "dataset_card", "decode_resized", "describe_model_files", "export_dataset", "library_versions", "list_photos",
-    "read_captions", "registry_entries", "training_commands",
+    "DEFAULT_RESOLUTION", "DEFAULT_SHARD_SIZE", "FORMATS", "LAYOUTS", "AnnotatorEntry", "ExportEngine", "ExportReport",
+    "LocalExportEngine", "Photo", "PhotoStage", "decode_resized", "export_dataset", "list_photos", "read_captions",
+    "registry_entries",
 ]

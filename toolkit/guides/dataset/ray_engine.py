@@ -437,7 +437,7 @@ class RayExportEngine:
 
     def model_files(self) -> dict[str, list[dict[str, Any]]]:
         """The annotators load in Ray actors, not here: the card lists the catalog's entries."""
-        from .export import describe_model_files
+        from .card import describe_model_files
 
         from .export import PHOTO_STAGE
 

@@ -16,12 +16,16 @@ module adds what the package lacks:
     then throws most of them away;
   - survivors are upsampled in small chunks and kept as boolean masks (no RLE round trip).
 
-  Every kept number goes through the same torch operations, on the same values, as in the reference; the
-  only changes are which rows a batched operation sees. On the CPU builds we test (MKL/oneDNN) those
-  operations are row-independent, and ``tests/annotators/test_sam.py`` checks the result bit for bit
-  against ``SamAutomaticMaskGenerator`` with random weights. On CUDA, kernels may change their reduction
-  order with the batch shape, so masks can differ from the reference's in pixels whose logit is within
-  rounding of the threshold.
+  Prompts are batched exactly as in the reference (``points_per_batch``, 64 by default): token-side
+  products are small matrix multiplications whose rounding depends on the batch shape, so they always
+  see the reference's batches. Only two things change which rows an operation sees: the first block's
+  image-side projections run on one copy of the image instead of one per prompt, and mask upscaling,
+  hypernetwork products and upsampling run on the prompts that survive the IoU filter. Those are
+  row-independent on the CPU builds we test (MKL/oneDNN), and ``tests/annotators/test_sam.py`` checks
+  the result bit for bit against ``SamAutomaticMaskGenerator`` with random weights (ViT-B and a small
+  custom SAM). Another ``points_per_batch`` gives the same masks up to float rounding of the scores.
+  On CUDA, kernels may change their reduction order with shapes, so masks can differ from the
+  reference's in pixels whose logit is within rounding of the threshold (not verified on a GPU).
 """
 
 from __future__ import annotations
@@ -396,11 +400,12 @@ class SamEngine:
 
 
 def default_points_per_batch(device: torch.device, image_size: tuple[int, int]) -> int:
-    """Point prompts per decoder pass: 64 (segment_anything's default) on the CPU; on CUDA as many as
-    fit in about half of the free memory (each prompt holds a few image-sized activations)."""
+    """Point prompts per decoder pass: 64 (segment_anything's default, needed for bit-identical scores) on
+    the CPU; on CUDA as many as fit in about half of the free memory (each prompt holds a dozen
+    embedding-sized activations), between 16 and 256."""
     if device.type != "cuda":
         return 64
     free, _ = torch.cuda.mem_get_info(device)
     height, width = image_size
     per_point = 12 * 4096 * 256 * 4 + 4 * 256 * 256 * 4 * 8 + 3 * height * width * 4
-    return int(max(16, min(1024, (free // 2) // per_point)))
+    return int(max(16, min(256, (free // 2) // per_point)))

@@ -1,0 +1,271 @@
+"""guides mask: prompts give exactly SamPredictor's best mask, the automatic rule, finishing, options, the
+inpainting stage and the Python API. A small random SAM (see test_sam.py for why it is built this way)
+keeps these fast; the ViT-B point check is in test_sam.py with the session's ViT-B.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("segment_anything")
+
+from segment_anything import SamPredictor  # noqa: E402
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer  # noqa: E402
+
+import guides  # noqa: E402
+from guides.annotators import sam_common  # noqa: E402
+from guides.annotators.composite import composite  # noqa: E402
+from guides.annotators.mask import MaskAnnotator, MaskOptions  # noqa: E402
+from guides.errors import InputError, UsageError  # noqa: E402
+from guides.nets.sam_fast import GeneratorSettings, SamEngine, Segments  # noqa: E402
+
+
+def build_tiny_sam(seed: int = 2, logit_scale: float = 300.0) -> Sam:
+    """The small random SAM of test_sam.py: 256 px input, 32 channels, masks that follow colour blocks."""
+    torch.manual_seed(seed)
+    size, patch, dim = 256, 16, 32
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=2, embed_dim=32, img_size=size, mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=2, patch_size=patch, qkv_bias=True, use_rel_pos=True, global_attn_indexes=(1,),
+            window_size=4, out_chans=dim,
+        ),
+        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(size // patch, size // patch),
+                                     input_image_size=(size, size), mask_in_chans=16),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=4),
+            transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=32,
+        ),
+    ).eval()
+    with torch.no_grad():
+        sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(8)
+        for conv in (sam.mask_decoder.output_upscaling[0], sam.mask_decoder.output_upscaling[3]):
+            conv.weight.copy_(conv.weight[:, :, :1, :1].expand_as(conv.weight))
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(logit_scale)
+            mlp.layers[-1].bias.mul_(logit_scale)
+        sam.mask_decoder.iou_prediction_head.layers[-1].bias.add_(0.15)
+    return sam
+
+
+def blocks_image(height: int = 96, width: int = 128) -> np.ndarray:
+    image = np.full((height, width, 3), 30, dtype=np.uint8)
+    image[int(0.10 * height):int(0.52 * height), int(0.08 * width):int(0.47 * width)] = (250, 40, 40)
+    image[int(0.42 * height):int(0.94 * height), int(0.55 * width):int(0.94 * width)] = (40, 250, 40)
+    image[int(0.62 * height):int(0.94 * height), int(0.04 * width):int(0.31 * width)] = (40, 40, 250)
+    return image
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Sam:
+    return build_tiny_sam()
+
+
+def predictor_best(model: Sam, image: np.ndarray, points=None, labels=None, box=None) -> np.ndarray:
+    """What a user of segment_anything gets: SamPredictor, multimask output, highest score."""
+    predictor = SamPredictor(model)
+    predictor.set_image(image)
+    masks, scores, _ = predictor.predict(
+        point_coords=None if points is None else np.asarray(points, dtype=np.float64),
+        point_labels=None if labels is None else np.asarray(labels),
+        box=None if box is None else np.asarray(box, dtype=np.float64),
+        multimask_output=True,
+    )
+    return masks[int(np.argmax(scores))]
+
+
+# ------------------------------------------------------------------------------------- prompts
+
+
+@pytest.mark.parametrize(
+    "prompts",
+    [
+        {"points": [(30, 40)]},
+        {"points": [(100, 70)], "negative_points": [(20, 20)]},
+        {"points": [(30, 40), (40, 30)]},
+        {"box": (5, 8, 62, 52)},
+        {"points": [(100, 70)], "box": (65, 38, 123, 92)},
+    ],
+    ids=["point", "point+negative", "two points", "box", "point+box"],
+)
+def test_prompts_give_samPredictors_highest_scoring_mask(tiny: Sam, prompts: dict) -> None:
+    image = blocks_image()
+    points = list(prompts.get("points", [])) + list(prompts.get("negative_points", []))
+    labels = [1] * len(prompts.get("points", [])) + [0] * len(prompts.get("negative_points", []))
+    expected = predictor_best(tiny, image, points or None, labels or None, prompts.get("box"))
+    assert 0 < expected.sum() < expected.size, "the prompt must give a real subject"
+    keep = MaskAnnotator(MaskOptions(**prompts), model=tiny).annotate(image)
+    assert keep.dtype == np.uint8 and keep.shape == image.shape[:2] and set(np.unique(keep)) == {0, 255}
+    assert np.array_equal(keep == 0, expected), f"{int(((keep == 0) != expected).sum())} pixels differ"
+    repaint = MaskAnnotator(MaskOptions(invert=True, **prompts), model=tiny).annotate(image)
+    assert np.array_equal(repaint == 255, expected)
+
+
+def test_points_are_input_pixels_when_resizing(tiny: Sam) -> None:
+    image = blocks_image(96, 128)
+    mask = MaskAnnotator(MaskOptions(points=("64,48",), resolution=64), model=tiny).annotate(image)
+    working = guides.imaging.resize_image(image, 64)
+    assert mask.shape == working.shape[:2] == (64, 64)
+    assert np.array_equal(mask == 0, predictor_best(tiny, working, [(32.0, 32.0)], [1]))
+
+
+def test_point_outside_the_image_fails_that_image_only(tiny: Sam) -> None:
+    annotator = MaskAnnotator(MaskOptions(points=((200, 10),)), model=tiny)
+    with pytest.raises(InputError, match="point 200,10 is outside the 128x96 image"):
+        annotator.annotate(blocks_image(96, 128))
+    assert annotator.annotate(blocks_image(96, 256)).shape == (96, 256)
+    with pytest.raises(InputError, match="box"):
+        MaskAnnotator(MaskOptions(box=(0, 0, 300, 50)), model=tiny).annotate(blocks_image())
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"points": ("12",)}, "a point must be 2 comma-separated numbers"),
+        ({"points": ("a,b",)}, "a point must be 2"),
+        ({"negative_points": ("1,nan",)}, "finite"),
+        ({"box": "10,10,5,20"}, "X0 < X1"),
+        ({"box": (1, 2, 3)}, "4 comma-separated"),
+        ({"model": "vit_t"}, "unknown SAM model"),
+        ({"feather": -1}, "feather"),
+        ({"points_per_side": 300}, "points_per_side"),
+    ],
+)
+def test_bad_options_are_usage_errors(tiny: Sam, values: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        MaskAnnotator(MaskOptions(**values), model=tiny)
+
+
+def test_point_parsing_accepts_strings_pairs_and_numpy() -> None:
+    assert sam_common.normalize_points(["1,2", (3, 4.5), np.array([5, 6])], "points") == ((1.0, 2.0), (3.0, 4.5), (5.0, 6.0))
+    assert sam_common.normalize_points(" 7 , 8 ", "points") == ((7.0, 8.0),)
+    assert sam_common.normalize_box("1,2,3,4") == (1.0, 2.0, 3.0, 4.0)
+
+
+# ---------------------------------------------------------------------------------- automatic rule
+
+
+def _segments(masks: list[np.ndarray], ious: list[float], stabilities: list[float]) -> Segments:
+    n = len(masks)
+    return Segments(np.stack(masks), np.zeros((n, 4), np.int64), np.asarray(ious, np.float32),
+                    np.asarray(stabilities, np.float32), np.zeros((n, 2)))
+
+
+def test_automatic_subject_rule_on_known_masks() -> None:
+    shape = (10, 12)  # centre pixel: row 5, column 6
+    whole = np.ones(shape, bool)
+    left = np.zeros(shape, bool); left[:, :6] = True            # misses the centre
+    centre = np.zeros(shape, bool); centre[3:8, 4:9] = True
+    bigger = np.zeros(shape, bool); bigger[2:9, 3:10] = True
+    segs = _segments([whole, left, centre, bigger], [0.90, 0.99, 0.95, 0.95], [0.9, 0.9, 0.96, 0.96])
+    assert sam_common.automatic_subject(segs, *shape) == 3        # tie on IoU and stability: larger area
+    segs = _segments([whole, left, centre, bigger], [0.90, 0.99, 0.95, 0.95], [0.9, 0.9, 0.97, 0.96])
+    assert sam_common.automatic_subject(segs, *shape) == 2        # tie on IoU: higher stability
+    segs = _segments([centre, centre.copy()], [0.9, 0.9], [0.9, 0.9])
+    assert sam_common.automatic_subject(segs, *shape) == 0        # full tie: the earlier mask
+    assert sam_common.automatic_subject(_segments([left], [0.99], [0.99]), *shape) is None
+    assert sam_common.automatic_subject(Segments.empty(*shape), *shape) is None
+
+
+def test_automatic_mask_follows_the_rule_end_to_end(tiny: Sam) -> None:
+    image = blocks_image(96, 128)
+    image[28:67, 44:83] = 255  # a white block over the centre
+    options = MaskOptions(points_per_side=8, pred_iou_thresh=0.05, stability_score_thresh=0.2)
+    engine = SamEngine(tiny)
+    engine.set_image(image)
+    segments = engine.generate(GeneratorSettings(points_per_side=8, pred_iou_thresh=0.05, stability_score_thresh=0.2))
+    chosen = sam_common.automatic_subject(segments, 96, 128)
+    covering = [i for i in range(len(segments)) if segments.masks[i, 48, 64]]
+    assert chosen is not None and len(covering) >= 2, "the rule must choose between several masks"
+    mask = MaskAnnotator(options, model=engine).annotate(image)
+    assert np.array_equal(mask == 0, segments.masks[chosen])
+
+
+def test_automatic_mask_falls_back_to_the_centre_point(tiny: Sam) -> None:
+    image = blocks_image(96, 128)
+    mask = MaskAnnotator(MaskOptions(points_per_side=4, pred_iou_thresh=1.0), model=tiny).annotate(image)  # no automatic mask
+    assert np.array_equal(mask == 0, predictor_best(tiny, image, [(64.0, 48.0)], [1]))
+
+
+# ------------------------------------------------------------------------------------- finishing
+
+
+def _square(size: int = 40, start: int = 15, side: int = 10) -> np.ndarray:
+    subject = np.zeros((size, size), bool)
+    subject[start:start + side, start:start + side] = True
+    return subject
+
+
+def test_finish_mask_convention_invert_and_dilate() -> None:
+    subject = _square()
+    keep = sam_common.finish_mask(subject)
+    assert keep.dtype == np.uint8 and np.array_equal(keep == 0, subject) and np.array_equal(keep == 255, ~subject)
+    assert np.array_equal(sam_common.finish_mask(subject, invert=True), 255 - keep)
+    grown = sam_common.finish_mask(subject, dilate=2)      # white grows by 2 px: the kept square shrinks to 6x6
+    assert np.array_equal(grown == 0, _square(start=17, side=6))
+    shrunk = sam_common.finish_mask(subject, dilate=-2)    # white shrinks: the kept square grows (disc corners)
+    black = shrunk == 0
+    assert black[subject].all() and black[13:27, 15:25].all() and black[15:25, 13:27].all()
+    assert not black[13, 13] and black.sum() < 14 * 14
+    repaint_grown = sam_common.finish_mask(subject, invert=True, dilate=1)
+    assert np.array_equal(repaint_grown == 255, _cross_grown(subject))  # a radius-1 disc is the 3x3 cross
+
+
+def _cross_grown(subject: np.ndarray) -> np.ndarray:
+    """The subject plus its 4-neighbours."""
+    grown = subject.copy()
+    grown[1:] |= subject[:-1]; grown[:-1] |= subject[1:]
+    grown[:, 1:] |= subject[:, :-1]; grown[:, :-1] |= subject[:, 1:]
+    return grown
+
+
+def test_feather_softens_only_the_edge() -> None:
+    subject = _square()
+    soft = sam_common.finish_mask(subject, feather=3)
+    assert soft[20, 20] == 0 and soft[0, 0] == 255 and soft[20, 39] == 255
+    assert 0 < soft[20, 15] < 255 and 0 < soft[20, 14] < 255
+    row = soft[20, 5:21].astype(int)
+    assert (np.diff(row) <= 0).all(), row  # falls monotonically from white outside to black inside
+
+
+# ---------------------------------------------------------------------------------- wiring and API
+
+
+def test_inpaint_stage_writes_mask_and_its_composite(tiny: Sam) -> None:
+    from guides.cli.inpaint import InpaintTargetStage
+
+    image = blocks_image(96, 128)
+    stage = InpaintTargetStage(MaskAnnotator(MaskOptions(points=((30, 40),), resolution=64), model=tiny), (0, 255, 0))
+    (mask, target), = stage.annotate_batch([image])
+    working = guides.imaging.resize_image(image, 64)
+    assert mask.shape == target.shape[:2] == (64, 64)
+    assert np.array_equal(target[mask == 0], working[mask == 0])
+    assert (target[mask == 255] == (0, 255, 0)).all()
+    assert np.array_equal(target, composite(working, np.repeat(mask[:, :, None], 3, axis=2), (0, 255, 0)))
+
+
+def test_cli_and_api_parse_points_and_flags(tiny: Sam, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from guides.cli.main import cli
+
+    engine = SamEngine(tiny)
+    monkeypatch.setattr(sam_common, "load_engine", lambda *args, **kwargs: engine)
+    image = blocks_image(96, 128)
+    source = tmp_path / "photo.png"
+    Image.fromarray(image).save(source)
+    result = CliRunner().invoke(cli, ["mask", str(source), "--point", "30,40", "--negative-point", "100,70", "--invert", "-q"])
+    assert result.exit_code == 0, result.output
+    written = np.asarray(Image.open(tmp_path / "photo.mask.png"))
+    expected = predictor_best(tiny, image, [(30, 40), (100, 70)], [1, 0])
+    assert np.array_equal(written == 255, expected)
+    api = np.asarray(guides.mask(source, points=[(30, 40)], negative_points=["100,70"], invert=True))
+    assert np.array_equal(api, written)
+    bad = CliRunner().invoke(cli, ["mask", str(source), "--point", "30;40"])
+    assert bad.exit_code == 2 and "a point must be 2 comma-separated numbers" in bad.output
+    guide = guides.sam(source, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    assert guide.mode == "RGB" and guide.size == (704, 512)  # default working size: short side 512, sides to multiples of 64

@@ -1,0 +1,173 @@
+"""The dataset card (README.md) of an export, the training commands, model files and library versions."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from .photos import Photo
+from .shards import COLUMNS_FOLDER, ShardLayout
+
+if TYPE_CHECKING:
+    from .export import AnnotatorEntry, ExportReport
+
+TRAIN_SCRIPT = "examples/controlnet/train_controlnet.py"
+BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+LIBRARIES = (
+    "numpy", "opencv-python-headless", "opencv-python", "pillow", "pyarrow", "torch", "torchvision", "timm",
+    "segment-anything", "safetensors", "ray",
+)
+
+
+def describe_model_files(name: str, stage: object) -> list[dict[str, Any]]:
+    """The checkpoint files a loaded annotator used (its ``model_files`` or ``checkpoint_path``
+    attribute), with size and sha256; else the catalog entries naming it, marked as such."""
+    paths: list[Path] = []
+    declared = getattr(stage, "model_files", None)
+    if callable(declared):
+        declared = declared()
+    if declared:
+        paths = [Path(p) for p in declared]
+    elif getattr(stage, "checkpoint_path", None):
+        paths = [Path(stage.checkpoint_path)]  # type: ignore[attr-defined]
+    if paths:
+        return [{"file": str(path), "size": path.stat().st_size, "sha256": _sha256(path)} for path in paths if path.is_file()]
+    try:
+        from ..weights.catalog import CHECKPOINTS
+    except ImportError:  # pragma: no cover - the catalog is part of the package
+        return []
+    found = []
+    for checkpoint in CHECKPOINTS.values():
+        users = {part.strip().split(" ")[0] for part in checkpoint.used_by.split(",")}
+        if name in users:
+            found.append({
+                "file": checkpoint.filename, "repo": checkpoint.repo, "sha256": checkpoint.sha256,
+                "used_by": checkpoint.used_by, "note": "catalog entry: the annotator does not report the file it loaded",
+            })
+    return found
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def training_commands(out: Path, shape: ShardLayout, resolution: int) -> dict[str, str]:
+    """The ``train_controlnet.py`` command for each dataset of the export (one per annotator)."""
+    commands = {}
+    for name in shape.annotators:
+        folder = name if shape.layout == "per-annotator" else COLUMNS_FOLDER
+        flags = []
+        if shape.format == "webdataset":
+            conditioning = "conditioning_image.png" if shape.layout == "per-annotator" else f"{name}.png"
+            flags = ["--image_column=image.png", f"--conditioning_image_column={conditioning}", "--caption_column=txt"]
+        elif shape.layout == "columns":
+            flags = [f"--conditioning_image_column={name}"]
+        parts = [
+            f"accelerate launch {TRAIN_SCRIPT}",
+            f"--pretrained_model_name_or_path={BASE_MODEL}",
+            f"--train_data_dir={_quote(str(out / folder))}",
+            *flags,
+            f"--resolution={resolution or 512}",
+            f"--output_dir=controlnet-{name}",
+            "--learning_rate=1e-5 --train_batch_size=4",
+        ]
+        commands[name] = " \\\n  ".join(parts)
+    return commands
+
+
+def _quote(text: str) -> str:
+    return shlex.quote(text)
+
+
+def library_versions(extra: Sequence[str] = ()) -> dict[str, str]:
+    """Installed versions of the libraries that shape the guides and the files (missing ones left out)."""
+    versions = {"python": sys.version.split()[0], "guides (controlnet-guides)": __version__}
+    for name in (*LIBRARIES, *extra):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def dataset_card(out: Path, shape: ShardLayout, entries: Sequence[AnnotatorEntry], manifest: Mapping[str, Any],
+                 report: ExportReport, photos: Sequence[Photo], resolution: int, shard_size: int, command: str | None) -> str:
+    """The README.md of the export: YAML configs for ``datasets``, then what was made and how to train."""
+    extension = "parquet" if shape.format == "parquet" else "tar"
+    lines = ["---", "configs:"]
+    for index, folder in enumerate(shape.datasets):
+        config = folder if shape.layout == "per-annotator" else "default"
+        lines += [f"- config_name: {config}", "  data_files:", "  - split: train", f"    path: {folder}/*.{extension}"]
+        if index == 0:
+            lines.append("  default: true")
+    lines += ["tags:", "- controlnet", "- guides", "---", ""]
+    names = ", ".join(shape.annotators)
+    failed = len(report.summary.failed)
+    origins: dict[str, int] = {}
+    for photo in photos:
+        origins[photo.caption_from or "none"] = origins.get(photo.caption_from or "none", 0) + 1
+    lines += [
+        f"# ControlNet training set: {names}",
+        "",
+        f"Made by guides {__version__} on {datetime.date.today().isoformat()}"
+        + (f" with `{command}`." if command else "."),
+        "",
+        f"- photos in the dataset: {report.rows}; failed (left out): {failed}; without caption (empty `text`): "
+        f"{len(report.uncaptioned)}",
+        f"- format: {shape.format}, layout: {shape.layout}, up to {shard_size} photos per shard, "
+        f"{len(manifest.get('shards', {}))} shard(s)",
+        f"- photos resized with ControlNet's resize_image to {resolution} (short side, sides multiples of 64)"
+        if resolution else "- photos kept at their own size",
+        "- captions: " + ", ".join(f"{origin} {number}" for origin, number in sorted(origins.items())),
+        "",
+        "Each `image` is the photo exactly as every annotator saw it (decoded with EXIF orientation applied, "
+        "alpha composited on white, resized once), stored as lossless PNG; each guide is that annotator's "
+        "output for it, stored as PNG, so image and guides align pixel for pixel.",
+        "",
+        "## Layout",
+        "",
+    ]
+    for folder in shape.datasets:
+        columns = ", ".join(f"`{column}`" for column in shape.columns(folder))
+        lines.append(f"- `{folder}/*.{extension}`: columns {columns}")
+    if shape.format == "webdataset":
+        lines += ["", "WebDataset samples are keyed by the photo's 9-digit index; `json` holds `{\"source\": relative path}`."]
+    lines += ["", "## Load it", "", "```python", "from datasets import load_dataset", ""]
+    for folder in shape.datasets:
+        config = f', "{folder}"' if shape.layout == "per-annotator" else ""
+        lines.append(f'ds = load_dataset("{out}"{config}, split="train")  # or load_dataset("{out / folder}")')
+    if shape.format == "webdataset":
+        lines += ["", "import webdataset as wds", f'wds.WebDataset("{out / shape.datasets[0]}/{{000000..{max(0, len(manifest.get("shards", {})) - 1):06d}}}.tar").decode("pil")']
+    lines += ["```", "", f"## Train a ControlNet (diffusers `{TRAIN_SCRIPT}`)", ""]
+    for name, text in report.commands.items():
+        lines += [f"{name}:", "", "```bash", text, "```", ""]
+    lines += ["## Annotators and settings", ""]
+    for entry in entries:
+        settings = ", ".join(f"{key}={value!r}" for key, value in entry.settings.items())
+        lines.append(f"- `{entry.name}`: {settings or 'defaults'}")
+    lines += ["", "`resolution=0` above: the annotators worked at the size of the stored image (see above).", ""]
+    lines += ["## Model files", ""]
+    model_files = manifest.get("model_files", {})
+    for entry in entries:
+        files = model_files.get(entry.name)
+        if not files:
+            lines.append(f"- `{entry.name}`: none" + (" (no model)" if files == [] else " recorded"))
+            continue
+        for item in files:
+            details = ", ".join(f"{key} {value}" for key, value in item.items() if key != "file" and value is not None)
+            lines.append(f"- `{entry.name}`: `{item['file']}` ({details})")
+    lines += ["", "## Library versions (installed when the export ran)", ""]
+    lines += [f"- {name} {version}" for name, version in library_versions().items()]
+    lines += ["", "Random-weight or placeholder checkpoints make wiring-correct but meaningless guides: check the model files above.", ""]
+    return "\n".join(lines)
