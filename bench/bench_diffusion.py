@@ -131,7 +131,7 @@ def main() -> None:
                     ("canny 0.5", [Control("canny", guides["canny"], 0.5)]),
                     ("depth 0.3 + canny 0.7", [Control("depth", guides["depth"], 0.3), Control("canny", guides["canny"], 0.7)]),
                 ):
-                    seconds, image = _median_time(lambda c=controls: generator.generate(c, settings).image, device, args.repeat)
+                    seconds, image = _median_time(lambda c=controls, g=generator, s=settings: g.generate(c, s).image, device, args.repeat)
                     row = {"device": device_name, "precision": precision, "controls": label, "ours": seconds,
                            "placement": _placement(generator, ["canny", "depth"]), "plain": None, "identical": None}
                     if precision == "fp32":

@@ -239,8 +239,11 @@ def load_base(path: Path, device: Any, dtype: Any) -> BaseComponents:
     # Instantiate the base scheduler as the pipeline would, then keep *its* config: that is what
     # ``DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`` receives (defaults included).
     base_scheduler = base_class.from_config(stored)
+    # diffusers models are already in ``dtype`` (casting them again would override any module they keep
+    # in float32); the text encoder is cast again because older transformers ignore ``dtype=``.
+    text_encoder.to(dtype=dtype)
     for module in (vae, unet, text_encoder):
-        module.to(device=device, dtype=dtype)  # dtype again: older transformers ignore ``dtype=``
+        module.to(device)
         module.eval()
         module.requires_grad_(False)
     return BaseComponents(vae, text_encoder, tokenizer, unet, dict(base_scheduler.config), class_name)
@@ -268,7 +271,7 @@ def load_controlnet(path: Path, device: Any, dtype: Any) -> Any:
         net = ControlNetModel.from_pretrained(path, **_loading_kwargs(dtype))
     except (OSError, ValueError, RuntimeError) as error:
         raise WeightsError(f"{path}: cannot load the ControlNet ({_first_line(error)})") from None
-    net.to(device=device, dtype=dtype)
+    net.to(device)
     net.eval()
     net.requires_grad_(False)
     return net

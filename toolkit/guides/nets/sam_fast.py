@@ -49,7 +49,6 @@ from segment_anything.utils.amg import (
     batched_mask_to_box,
     build_point_grid,
     calculate_stability_score,
-    is_box_near_crop_edge,
     remove_small_regions,
 )
 
@@ -369,26 +368,25 @@ class SamEngine:
         candidate_iou = iou_preds[rows].flatten()[flat_keep]
         candidate_points = np.repeat(points[rows.cpu().numpy()], keep.shape[1], axis=0)[flat_keep.cpu().numpy()]
 
-        masks, stability, boxes = [], [], []
+        # Upsample in chunks, keeping only the masks that pass the stability filter as booleans.
+        masks, stability, kept = [], [], []
+        offset = settings.stability_score_offset
         for chunk in candidates.split(_UPSAMPLE_CHUNK):
             upsampled = model.postprocess_masks(chunk[None], predictor.input_size, predictor.original_size)[0]
-            score = calculate_stability_score(upsampled, model.mask_threshold, settings.stability_score_offset)
-            binary = upsampled > model.mask_threshold
+            score = calculate_stability_score(upsampled, model.mask_threshold, offset)
+            passing = score >= settings.stability_score_thresh if settings.stability_score_thresh > 0.0 else torch.ones_like(score, dtype=torch.bool)
+            masks.append((upsampled > model.mask_threshold)[passing])
+            stability.append(score[passing])
+            kept.append(passing)
             del upsampled
-            masks.append(binary)
-            stability.append(score)
-        masks_t = torch.cat(masks)
-        stability_t = torch.cat(stability)
-        keep_t = stability_t >= settings.stability_score_thresh if settings.stability_score_thresh > 0.0 else torch.ones_like(stability_t, dtype=torch.bool)
-        masks_t, stability_t, candidate_iou = masks_t[keep_t], stability_t[keep_t], candidate_iou[keep_t]
-        candidate_points = candidate_points[keep_t.cpu().numpy()]
+        passing = torch.cat(kept)
+        masks_t, stability_t, candidate_iou = torch.cat(masks), torch.cat(stability), candidate_iou[passing]
+        candidate_points = candidate_points[passing.cpu().numpy()]
         if len(masks_t) == 0:
             return Segments.empty(height, width), torch.zeros((0, 4), dtype=torch.int64, device=device), candidate_iou
         boxes_t = batched_mask_to_box(masks_t)
-        keep_t = ~is_box_near_crop_edge(boxes_t, [0, 0, width, height], [0, 0, width, height])
-        if not torch.all(keep_t):
-            masks_t, stability_t, candidate_iou, boxes_t = masks_t[keep_t], stability_t[keep_t], candidate_iou[keep_t], boxes_t[keep_t]
-            candidate_points = candidate_points[keep_t.cpu().numpy()]
+        # The reference's is_box_near_crop_edge filter never removes anything for the single full-image
+        # crop: every box near that crop's edge is near the image's edge too.
         segments = Segments(
             masks_t.cpu().numpy(),
             boxes_t.cpu().numpy(),
