@@ -77,6 +77,7 @@ def child(args: argparse.Namespace) -> None:
     out = Path(args.out)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     started = time.perf_counter()
+    note = ""
     if args.child == "peer":
         import warnings
 
@@ -94,7 +95,13 @@ def child(args: argparse.Namespace) -> None:
         for _ in range(args.repeat):
             sync()
             t0 = time.perf_counter()
-            guide = np.asarray(detector(image, detect_resolution=512, image_resolution=512, output_type="np"))
+            try:
+                guide = np.asarray(detector(image, detect_resolution=512, image_resolution=512, output_type="np"))
+            except AttributeError:  # controlnet_aux 0.0.10: show_anns returns None when there is no mask
+                if captured[-1]:
+                    raise
+                guide = np.zeros_like(image)
+                note = "SamDetector raised on an image without masks (show_anns returns None); timed to the error"
             sync()
             times.append(time.perf_counter() - t0)
         masks = np.stack([a["segmentation"] for a in captured[-1]]) if captured[-1] else np.zeros((0, 512, 512), bool)
@@ -121,7 +128,7 @@ def child(args: argparse.Namespace) -> None:
         masks = captured[-1].masks
     np.savez_compressed(out / f"{args.child}.npz", masks=masks, guide=guide)
     (out / f"{args.child}.json").write_text(json.dumps({
-        "load_s": loaded, "image_s": min(times), "all_s": times, "peak_rss_mb": peak_rss_mb(), "masks": int(len(masks)),
+        "load_s": loaded, "image_s": min(times), "all_s": times, "peak_rss_mb": peak_rss_mb(), "masks": int(len(masks)), "note": note,
     }))
 
 
@@ -205,6 +212,9 @@ def main() -> None:
                    f"{result['masks']} | {identical if role == 'ours' else ''} |")
             lines.append(row)
             print(row, flush=True)
+            if result.get("note"):
+                lines.append(f"  ({role}: {result['note']})")
+                print(f"  ({role}: {result['note']})")
         if len(results) == 2:
             ratio = results["ours"]["image_s"] / results["peer"]["image_s"]
             rss = results["ours"]["peak_rss_mb"] / results["peer"]["peak_rss_mb"]

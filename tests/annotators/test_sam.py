@@ -203,10 +203,17 @@ def test_image_embedding_computed_once_per_image(tiny: Sam) -> None:
         image = blocks_image(64, 64)
         engine.set_image(image)
         engine.set_image(image.copy())
-        engine.predict(np.array([[10.0, 10.0]]), np.array([1]), None)
+        first, _ = engine.predict(np.array([[10.0, 10.0]]), np.array([1]), None)
         assert len(calls) == 1
         engine.set_image(image[::-1].copy())
         assert len(calls) == 2
+        engine.set_image(image)  # recent images keep their embedding (guides run sam,mask)
+        assert len(calls) == 2
+        assert np.array_equal(engine.predict(np.array([[10.0, 10.0]]), np.array([1]), None)[0], first)
+        for k in range(engine.cached_images):
+            engine.set_image(np.full((8, 8, 3), k, np.uint8))
+        engine.set_image(image)
+        assert len(calls) == 3 + engine.cached_images
     finally:
         handle.remove()
 
@@ -478,6 +485,13 @@ def vit_b(tmp_path_factory: pytest.TempPathFactory) -> VitB:
     image = blocks_image(224, 320)
     annotator.engine.set_image(image)
     return VitB(reference, annotator, image, models_dir)
+
+
+def test_vit_b_engine_shared_by_annotators_of_the_same_model(vit_b: VitB) -> None:
+    from guides.annotators.mask import MaskAnnotator, MaskOptions
+
+    mask = MaskAnnotator(MaskOptions(model="vit_b", models_dir=str(vit_b.models_dir), device="cpu"))
+    assert mask.engine is vit_b.annotator.engine  # one model in memory, one encoder pass per image
 
 
 def test_vit_b_masks_identical_to_segment_anything(vit_b: VitB) -> None:

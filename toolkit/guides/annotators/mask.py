@@ -26,8 +26,8 @@ import numpy as np
 
 from ..errors import UsageError
 from ..imaging import resize_image
-from .base import Annotator, ModelOptions
 from . import sam_common
+from .base import Annotator, ModelOptions
 from .sam_common import (
     MODEL_TYPES,
     Box,
@@ -42,7 +42,6 @@ from .sam_common import (
     finish_mask,
     generator_cli_options,
     generator_settings,
-
     normalize_box,
     normalize_points,
     scale_prompts,

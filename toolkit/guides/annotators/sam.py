@@ -17,8 +17,8 @@ import numpy as np
 
 from ..errors import UsageError
 from ..imaging import resize_image
-from .base import Annotator, ModelOptions
 from . import sam_common
+from .base import Annotator, ModelOptions
 from .sam_common import (
     MODEL_TYPES,
     check_generator_options,
@@ -26,7 +26,6 @@ from .sam_common import (
     engine_for,
     generator_cli_options,
     generator_settings,
-
     paint_segments,
 )
 

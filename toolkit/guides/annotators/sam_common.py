@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -38,9 +40,15 @@ def check_model(model: str) -> None:
         raise UsageError(f"unknown SAM model {model!r}; use one of {', '.join(MODEL_TYPES)}")
 
 
+#: Engines alive, by (model, device, precision, checkpoint file): annotators of one run share a model and
+#: its image embeddings (``guides run sam,mask`` encodes each image once).
+_ENGINES: weakref.WeakValueDictionary[tuple[str, str, str, str], SamEngine] = weakref.WeakValueDictionary()
+
+
 def load_engine(model: str, device: str, precision: str, models_dir: str | None, checkpoint: str | None) -> SamEngine:
     """Find the checkpoint (weights contract), load it strictly into segment_anything's network, move it
-    to ``device`` and wrap it in a ``SamEngine`` running at ``precision``."""
+    to ``device`` and wrap it in a ``SamEngine`` running at ``precision``; an engine already alive for the
+    same model, device, precision and file is shared."""
     check_model(model)
     from functools import partial
 
@@ -54,9 +62,14 @@ def load_engine(model: str, device: str, precision: str, models_dir: str | None,
     dtype = resolve_dtype(precision, torch_device)
     name = MODEL_CHECKPOINTS[model]
     path = resolve_checkpoint(name, explicit=checkpoint, models_dir=models_dir)
-    network = load_checkpoint_into(partial(build_sam, model), path, container=CHECKPOINTS[name].container)
-    log.info("SAM %s from %s on %s (%s)", model, path, torch_device, precision)
-    return SamEngine(network.to(torch_device), dtype=dtype)
+    key = (model, str(torch_device), precision, str(Path(path).resolve()))
+    engine = _ENGINES.get(key)
+    if engine is None:
+        network = load_checkpoint_into(partial(build_sam, model), path, container=CHECKPOINTS[name].container)
+        log.info("SAM %s from %s on %s (%s)", model, path, torch_device, precision)
+        engine = SamEngine(network.to(torch_device), dtype=dtype)
+        _ENGINES[key] = engine
+    return engine
 
 
 def engine_for(model: Any, dtype_name: str = "fp32") -> SamEngine:

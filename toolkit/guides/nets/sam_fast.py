@@ -35,6 +35,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -274,11 +275,15 @@ def low_res_logits(model: Sam, hs: torch.Tensor, src: torch.Tensor, rows: torch.
 class SamEngine:
     """One SAM model on one device: image embeddings (cached for the last image), prompts, automatic masks."""
 
+    #: Image embeddings kept (most recent first out last): a ViT embedding is 4 MB, and the batch engine
+    #: hands each annotator of a run (``guides run sam,mask``) the same few images in turn.
+    cached_images: int = 8
+
     def __init__(self, model: Sam, dtype: torch.dtype = torch.float32) -> None:
         self.model = model.eval()
         self.dtype = dtype
         self.predictor = SamPredictor(self.model)
-        self._image_key: tuple[Any, ...] | None = None
+        self._embeddings: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]] = OrderedDict()
 
     @property
     def device(self) -> torch.device:
@@ -295,21 +300,28 @@ class SamEngine:
                     yield
 
     def set_image(self, image: np.ndarray) -> None:
-        """Embed an RGB uint8 (H, W, 3) image; the same pixels again reuse the embedding."""
+        """Embed an RGB uint8 (H, W, 3) image; an image seen recently (same pixels) reuses its embedding."""
         key = (image.shape, hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest())
-        if key == self._image_key and self.predictor.is_image_set:
+        predictor = self.predictor
+        if key in self._embeddings:
+            self._embeddings.move_to_end(key)
+            features, original_size, input_size = self._embeddings[key]
+            predictor.reset_image()
+            predictor.features, predictor.original_size, predictor.input_size = features, original_size, input_size
+            predictor.is_image_set = True
             return
-        self._image_key = None
         with self._precision():
-            self.predictor.set_image(image)
-        if self.predictor.features.dtype != torch.float32:
-            self.predictor.features = self.predictor.features.float()
-        self._image_key = key
+            predictor.set_image(image)
+        if predictor.features.dtype != torch.float32:
+            predictor.features = predictor.features.float()
+        self._embeddings[key] = (predictor.features, tuple(predictor.original_size), tuple(predictor.input_size))
+        while len(self._embeddings) > self.cached_images:
+            self._embeddings.popitem(last=False)
 
     def reset(self) -> None:
-        """Forget the image embedding (frees its memory)."""
+        """Forget the image embeddings (frees their memory)."""
         self.predictor.reset_image()
-        self._image_key = None
+        self._embeddings.clear()
 
     def predict(self, points: np.ndarray | None, labels: np.ndarray | None, box: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """``SamPredictor.predict(..., multimask_output=True)``: 3 bool masks (3, H, W) and their scores."""

@@ -262,7 +262,9 @@ class _ResidualConvUnit(nn.Module):
         self.conv2 = nn.Conv2d(features, features, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(F.relu(self.conv1(F.relu(x)))) + x
+        out = self.conv2(F.relu(self.conv1(F.relu(x)), inplace=True))
+        out += x
+        return out
 
 
 class _FusionBlock(nn.Module):
@@ -320,8 +322,9 @@ class _Neck(nn.Module):
         head = self.output_conv
         x = head[0](r1)
         x = _resize(x, (2 * x.shape[2], 2 * x.shape[3]))
-        out_conv = F.relu(head[2](x))
-        rel_depth = F.relu(head[4](out_conv))
+        out_conv = F.relu(head[2](x), inplace=True)
+        del x
+        rel_depth = F.relu(head[4](out_conv), inplace=True)
         return {"rel_depth": rel_depth, "out_conv": out_conv, "l4_rn": l4, "r4": r4, "r3": r3, "r2": r2, "r1": r1}
 
 
@@ -430,8 +433,13 @@ class _LogBinomial(nn.Module):
         p = torch.clamp(p, eps, 1)
         n, k = self.K_minus_1 + 1e-7, self.k_idx + 1e-7
         log_binom = n * torch.log(n) - k * torch.log(k) - (n - k) * torch.log(n - k + 1e-7)
-        y = log_binom + self.k_idx * torch.log(p) + (self.n_classes - 1 - self.k_idx) * torch.log(one_minus_p)
-        return torch.softmax(y / temperature, dim=1)
+        # log_binom + k log p + (K - 1 - k) log(1 - p), built in place: (B, bins, H, W) is the largest
+        # tensor of the head.
+        y = self.k_idx * torch.log(p)
+        y += log_binom
+        y.addcmul_(self.n_classes - 1 - self.k_idx, torch.log(one_minus_p))
+        y /= temperature
+        return torch.softmax(y, dim=1)
 
 
 class _ConditionalLogBinomial(nn.Module):
@@ -459,8 +467,8 @@ class _ConditionalLogBinomial(nn.Module):
         # conv([f, r, resize(e)]) = conv_f(f) + w_r r + resize(conv_e(e) + b): the 1x1 conv on the
         # embedding commutes with the bilinear resize, so it runs at the embedding's own size.
         hidden = _resize(F.conv2d(embedding, w_embedding, first.bias), features.shape[-2:])
-        hidden = hidden + F.conv2d(features, w_features)
-        hidden = torch.addcmul(hidden, rel_depth, w_rel.view(1, -1, 1, 1))
+        hidden += F.conv2d(features, w_features)
+        hidden.addcmul_(rel_depth, w_rel.view(1, -1, 1, 1))
         pt = self.mlp[3](self.mlp[2](self.mlp[1](hidden)))
         p, t = pt[:, :2] + self.p_eps, pt[:, 2:] + self.p_eps
         p = (p[:, 0] / (p[:, 0] + p[:, 1])).unsqueeze(1)
@@ -492,23 +500,27 @@ class ZoeDepth(nn.Module):
         return [module for name, module in self.named_children() if name != "core"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        midas = self.core(x.to(self.core.core.scratch.layer1_rn.weight.dtype))
+        features = self.core(x.to(self.core.core.scratch.layer1_rn.weight.dtype))
         head_dtype = self.conv2.weight.dtype
-        f = {name: value.to(head_dtype) for name, value in midas.items()}
-        x = self.conv2(f["l4_rn"])
+        # Features are dropped as soon as they are used: the full-size ones dominate peak memory.
+        take = lambda name: features.pop(name).to(head_dtype)  # noqa: E731
+        x = self.conv2(take("l4_rn"))
         centers = self.seed_bin_regressor(x)
         prev_embedding = self.seed_projector(x)
         for projector, attractor, name in zip(self.projectors, self.attractors, ("r4", "r3", "r2", "r1")):
-            embedding = projector(f[name])
+            embedding = projector(take(name))
             centers = attractor(embedding, centers, prev_embedding)
             prev_embedding = embedding
-        last = f["out_conv"]
-        rel_depth = f["rel_depth"]
+        last, rel_depth = take("out_conv"), take("rel_depth")
         if rel_depth.shape[-2:] != last.shape[-2:]:
             rel_depth = _resize(rel_depth, last.shape[-2:])
-        probs = self.conditional_log_binomial(last, rel_depth, prev_embedding)
-        centers = _resize(centers, probs.shape[-2:])
-        return torch.sum(probs * centers, dim=1, keepdim=True)
+        # The per-pixel distribution over the bins, one image at a time (the head's largest tensors).
+        depth = []
+        for i in range(last.shape[0]):
+            probs = self.conditional_log_binomial(last[i : i + 1], rel_depth[i : i + 1], prev_embedding[i : i + 1])
+            probs *= _resize(centers[i : i + 1], probs.shape[-2:])
+            depth.append(torch.sum(probs, dim=1, keepdim=True))
+        return torch.cat(depth)
 
 
 def zoed_n() -> ZoeDepth:

@@ -1,0 +1,147 @@
+"""Surface-normal guides with NormalBae (``scannet.pt``): RGB = ``((n + 1) / 2) * 255``, the convention
+of ``refs/cutecat_guide_normals.png`` and of ControlNet v1.1's normalbae model.
+
+Pipeline (ControlNet's, as controlnet_aux's ``NormalBaeDetector`` runs it):
+
+1. working image = ``resize_image(image, resolution)`` (short side to N, sides multiples of 64;
+   ``--resolution 0`` keeps the input size, reflect-padded to a multiple of 32 for the network and
+   cropped back);
+2. RGB / 255, ImageNet mean/std normalisation, NNET; the full-resolution prediction's unit normal
+   (channels 0..2) becomes ``((n + 1) * 0.5).clip(0, 1) * 255`` truncated to uint8;
+3. the guide is resized back to the input size with ``cv2.INTER_LINEAR``.
+
+Precision: ``fp16``/``bf16`` apply to the decoder (about 90% of the work); the EfficientNet encoder
+always runs in fp32. Measured with random (calibrated) weights, a bf16 encoder moves the normals by up
+to 0.8 (mean 0.12) -- the same drift controlnet_aux's own network shows in bf16 -- while a bf16 decoder
+stays within about 0.04. Whether trained weights drift less was not verified (no real weights here).
+fp16 on the CPU is refused (no fast half-precision convolutions there); use bf16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import DeviceError
+from ..imaging import resize_image, resize_to
+from .base import Annotator, ModelOptions
+from .lineart import (
+    check_model_options,
+    check_rgb_batch,
+    group_by_working_size,
+    pad_to_multiple,
+    refuse_cpu_fp16,
+    working_size,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+NETWORK_MULTIPLE = 32
+"""The encoder halves the size five times and the decoder's skips must line up: sides are padded to this."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalsOptions(ModelOptions):
+    """NormalBae has no options of its own beyond the learned annotators' common ones."""
+
+
+class NormalsAnnotator(Annotator):
+    """NormalBae surface normals; one forward per batch of images with the same working size."""
+
+    Options = NormalsOptions
+    options: NormalsOptions
+
+    def __init__(self, options: NormalsOptions, model: Any = None) -> None:
+        """Load ``scannet.pt`` through the weights contract (--checkpoint, models folder, hub cache,
+        download) onto ``options.device``, or use ``model``: a built ``NNET`` (tests)."""
+        super().__init__(options)
+        check_model_options("normals", options)
+        from ..devices import resolve_device, resolve_dtype
+
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.precision, self.device)
+        refuse_cpu_fp16("normals", self.device, self.dtype)
+        if model is None:
+            model = load_network(options.models_dir, options.checkpoint)
+        self.model = prepare_network(model, self.device, self.dtype)
+
+    def batch_key(self, image: np.ndarray) -> Hashable:
+        return working_size(image.shape[0], image.shape[1], self.options.resolution)
+
+    def annotate(self, image: np.ndarray) -> np.ndarray:
+        return self.annotate_batch([image])[0]
+
+    def annotate_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        working = [resize_image(image, self.options.resolution) for image in images]
+        results: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
+        for chunk in group_by_working_size([w.shape[:2] for w in working], self.batch_size):
+            normals = self.predict(np.stack([working[i] for i in chunk]))
+            for i, normal in zip(chunk, normals):
+                results[i] = resize_to(normal, (images[i].shape[1], images[i].shape[0]))
+        return results
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Normal maps (B, H, W, 3) uint8 of RGB uint8 images (B, H, W, 3) of one size."""
+        import torch
+
+        check_rgb_batch(images, "normals")
+        height, width = images.shape[1:3]
+        padded = pad_to_multiple(images, NETWORK_MULTIPLE)
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(padded)).to(self.device)
+            batch = batch.permute(0, 3, 1, 2).float() / 255.0
+            mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+            features = self.model.encoder((batch - mean) / std)
+            normal = self.model.decoder([f.to(self.dtype) for f in features])[-1][:, :3, :height, :width]
+            if not bool(torch.isfinite(normal).all()):
+                raise DeviceError(
+                    f"normals: the network produced non-finite values at {self.options.precision}"
+                    + ("; use --precision fp32" if self.options.precision != "fp32" else "")
+                )
+            rgb = ((normal.float() + 1) * 0.5).clamp_(0, 1)
+            rgb = (rgb * 255.0).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        return rgb.cpu().numpy()
+
+    def close(self) -> None:
+        self.model = None
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def load_network(models_dir: str | None = None, checkpoint: str | None = None) -> Any:
+    """Find ``scannet.pt`` and load it strictly into our NNET (CPU, fp32, eval mode); a ``module.``
+    prefix on every key (DataParallel copies) is the one transformation allowed."""
+    from ..nets.normalbae import normalbae_network
+    from ..weights.catalog import CHECKPOINTS
+    from ..weights.load import load_checkpoint_into
+    from ..weights.resolve import resolve_checkpoint
+
+    path = resolve_checkpoint("normals", explicit=checkpoint, models_dir=models_dir)
+    log.info("normals: loading %s", path)
+    return load_checkpoint_into(normalbae_network, path, container=CHECKPOINTS["normals"].container,
+                                key_filters=("strip_module_prefix",))
+
+
+def prepare_network(model: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Fold/split the decoder for inference, move to ``device``: encoder fp32, decoder ``dtype``,
+    channels-last memory format on CPU and CUDA (oneDNN's and cuDNN's fast path)."""
+    import torch
+
+    model = model.prepare_for_inference()
+    model.encoder.to(device, torch.float32)
+    model.decoder.to(device, dtype)
+    if device.type in ("cpu", "cuda"):
+        model.to(memory_format=torch.channels_last)
+    return model
