@@ -8,25 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
+from guides.cli.testing import invoke
 from PIL import Image
 
-from guides.cli.main import cli, main
+from guides.cli.main import cli
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
-@click.pass_context
-def _console(ctx: click.Context) -> None:
-    main(list(ctx.args))
-
-
-def invoke(*args: str):
-    """Run ``guides ARGS`` through ``main`` (the console-script entry) in click's CliRunner."""
-    return CliRunner().invoke(_console, list(args), catch_exceptions=False)
 
 
 def test_canny_single_file_default_name_then_skip_then_overwrite(tmp_path: Path, make_photo) -> None:

@@ -5,23 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import click
 import pytest
-from click.testing import CliRunner
+from guides.cli.testing import invoke
 
 pytest.importorskip("pyarrow", reason='Parquet export needs pyarrow: pip install "controlnet-guides[dataset]"')
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
-@click.pass_context
-def _console(ctx: click.Context) -> None:
-    from guides.cli.main import main
-
-    main(list(ctx.args))
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(_console, list(args), catch_exceptions=False)
 
 
 def test_dataset_command_reports_failures_uncaptioned_photos_and_commands(photo_tree: Path, tmp_path: Path) -> None:

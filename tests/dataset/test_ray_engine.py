@@ -10,9 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-import click
 import pytest
-from click.testing import CliRunner
+from guides.cli.testing import invoke
 
 from guides.batch import plan_jobs, run_jobs
 from guides.errors import UsageError, WeightsError
@@ -23,17 +22,6 @@ def _canny():
     return get("canny").load()
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
-@click.pass_context
-def _console(ctx: click.Context) -> None:
-    from guides.cli.main import main
-
-    main(list(ctx.args))
-
-
-def invoke(*args: str):
-    """``guides ARGS`` through the console-script entry point (errors become messages and exit codes)."""
-    return CliRunner().invoke(_console, list(args), catch_exceptions=False)
 
 
 def test_ray_outputs_and_failures_equal_the_local_engine(ray_session, photo_tree: Path, tmp_path: Path, invert_class, tree_reader) -> None:
