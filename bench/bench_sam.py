@@ -16,8 +16,13 @@ Settings: ``default`` (segment_anything's defaults, what a user runs; random wei
 ours skips all mask decoding) and ``lowered`` (IoU and stability thresholds 0: every candidate goes
 through upsampling in both; the floor of our speed-up). Random weights measure speed, not quality.
 
+Per image: wall time and the child's CPU time (less sensitive to other work on a shared machine).
+``--breakdown`` adds the peer run with the same glibc allocator setting ours makes
+(``MALLOC_MMAP_THRESHOLD_``) and ours without it (``GUIDES_MALLOC_TUNING=0``), separating that gain from
+the decoder's.
+
 Usage: ``python bench/bench_sam.py [--model vit_b] [--points-per-side 32] [--settings default,lowered]
-[--device cpu] [--precision fp32] [--record]``. With ``--device cuda`` also reports images/s.
+[--breakdown] [--device cpu] [--precision fp32] [--record]``. ``--only ours --device cuda`` gives images/s.
 """
 
 from __future__ import annotations
@@ -91,10 +96,10 @@ def child(args: argparse.Namespace) -> None:
         generate = generator.generate
         generator.generate = lambda img: captured.append(generate(img)) or captured[-1]  # type: ignore[method-assign]
         loaded = time.perf_counter() - started
-        times = []
+        times, cpu = [], []
         for _ in range(args.repeat):
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 guide = np.asarray(detector(image, detect_resolution=512, image_resolution=512, output_type="np"))
             except AttributeError:  # controlnet_aux 0.0.10: show_anns returns None when there is no mask
@@ -104,6 +109,7 @@ def child(args: argparse.Namespace) -> None:
                 note = "SamDetector raised on an image without masks (show_anns returns None); timed to the error"
             sync()
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         masks = np.stack([a["segmentation"] for a in captured[-1]]) if captured[-1] else np.zeros((0, 512, 512), bool)
     else:
         import guides
@@ -117,18 +123,19 @@ def child(args: argparse.Namespace) -> None:
         generate = engine.generate
         engine.generate = lambda settings: captured.append(generate(settings)) or captured[-1]  # type: ignore[method-assign]
         loaded = time.perf_counter() - started
-        times = []
+        times, cpu = [], []
         for _ in range(args.repeat):
             engine.reset()  # each timed image pays for its encoder pass
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             guide = annotator.annotate(image)
             sync()
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         masks = captured[-1].masks
     np.savez_compressed(out / f"{args.child}.npz", masks=masks, guide=guide)
     (out / f"{args.child}.json").write_text(json.dumps({
-        "load_s": loaded, "image_s": min(times), "all_s": times, "peak_rss_mb": peak_rss_mb(), "masks": int(len(masks)), "note": note,
+        "load_s": loaded, "image_s": min(times), "image_cpu_s": min(cpu), "all_s": times, "peak_rss_mb": peak_rss_mb(), "masks": int(len(masks)), "note": note,
     }))
 
 
@@ -151,15 +158,26 @@ def write_checkpoint(model: str, folder: Path) -> Path:
     return path
 
 
-def run_child(role: str, settings: str, args: argparse.Namespace, out: Path) -> dict:
-    command = [sys.executable, __file__, "--child", role, "--settings", settings, "--out", str(out), "--model", args.model,
+#: Extra contenders for ``--breakdown``: (child role, environment) — what the allocator setting alone gives.
+VARIANTS = {
+    "peer": ("peer", {}),
+    "ours": ("ours", {}),
+    "peer+heap": ("peer", {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}),
+    "ours-heap": ("ours", {"GUIDES_MALLOC_TUNING": "0"}),
+}
+
+
+def run_child(variant: str, settings: str, args: argparse.Namespace, out: Path) -> dict:
+    role, env = VARIANTS[variant]
+    command = [sys.executable, __file__, "--child", role, "--settings", settings, "--out", str(out / variant), "--model", args.model,
                "--models-dir", args.models_dir, "--points-per-side", str(args.points_per_side), "--device", args.device,
                "--precision", args.precision, "--repeat", str(args.repeat)]
     if args.image:
         command += ["--image", args.image]
+    (out / variant).mkdir()
     started = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    result = json.loads((out / f"{role}.json").read_text())
+    subprocess.run(command, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore", **env})
+    result = json.loads((out / variant / f"{role}.json").read_text())
     result["process_s"] = time.perf_counter() - started
     return result
 
@@ -175,6 +193,7 @@ def main() -> None:
     parser.add_argument("--image", default=None, help="input image [default: $GUIDES_REFS/cutecat_init.png, else synthetic]")
     parser.add_argument("--models-dir", default=None, help="folder with the checkpoint [default: a random one in a temp folder]")
     parser.add_argument("--only", choices=["ours", "peer"], default=None, help="run one side only (e.g. GPU throughput)")
+    parser.add_argument("--breakdown", action="store_true", help="also run the peer with our allocator setting and ours without it")
     parser.add_argument("--record", action="store_true", help="append the results to bench/RESULTS.md")
     parser.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -195,36 +214,45 @@ def main() -> None:
               f"{args.points_per_side} points, device {args.device} {args.precision}, image "
               f"{Path(args.image).name if args.image else 'synthetic 512x512'}")
     print(header)
-    lines += [header, "", "| settings | who | load | per image | peak RSS | masks | identical masks |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [header, "", "| settings | who | load | per image (wall) | per image (CPU) | peak RSS | masks | identical masks |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    notes: list[str] = []
+    summaries: list[str] = []
     for name in args.settings.split(","):
         out = Path(temp.name) / name
         out.mkdir()
-        roles = [args.only] if args.only else ["peer", "ours"]
-        results = {role: run_child(role, name, args, out) for role in roles}
-        identical = "-"
-        if len(results) == 2:
-            peer, ours = np.load(out / "peer.npz"), np.load(out / "ours.npz")
-            identical = "yes" if peer["masks"].shape == ours["masks"].shape and np.array_equal(peer["masks"], ours["masks"]) else "NO"
-            if identical == "yes" and not same_partition(peer["guide"], ours["guide"]):
-                identical = "masks yes, guide regions NO"
-        for role, result in results.items():
-            row = (f"| {name} | {role} | {result['load_s']:.1f} s | {result['image_s']:.1f} s | {result['peak_rss_mb']:.0f} MB | "
-                   f"{result['masks']} | {identical if role == 'ours' else ''} |")
+        variants = [args.only] if args.only else ["peer", "ours"] + (["peer+heap", "ours-heap"] if args.breakdown else [])
+        results = {variant: run_child(variant, name, args, out) for variant in variants}
+        identical = {}
+        if "peer" in results:
+            peer = np.load(out / "peer" / "peer.npz")
+            for variant in results:
+                if variant.startswith("ours"):
+                    ours = np.load(out / variant / "ours.npz")
+                    same = peer["masks"].shape == ours["masks"].shape and np.array_equal(peer["masks"], ours["masks"])
+                    identical[variant] = "yes" if same else "NO"
+                    if same and not same_partition(peer["guide"], ours["guide"]):
+                        identical[variant] = "masks yes, guide regions NO"
+        for variant, result in results.items():
+            row = (f"| {name} | {variant} | {result['load_s']:.1f} s | {result['image_s']:.1f} s | {result['image_cpu_s']:.1f} s | "
+                   f"{result['peak_rss_mb']:.0f} MB | {result['masks']} | {identical.get(variant, '')} |")
             lines.append(row)
             print(row, flush=True)
             if result.get("note"):
-                lines.append(f"  ({role}: {result['note']})")
-                print(f"  ({role}: {result['note']})")
-        if len(results) == 2:
-            ratio = results["ours"]["image_s"] / results["peer"]["image_s"]
-            rss = results["ours"]["peak_rss_mb"] / results["peer"]["peak_rss_mb"]
-            summary = f"{name}: ours / SamDetector time per image = {ratio:.2f}x, peak RSS = {rss:.2f}x, identical masks: {identical}"
+                notes.append(f"{name}, {variant}: {result['note']}")
+        if "peer" in results and "ours" in results:
+            peer, ours = results["peer"], results["ours"]
+            summary = (f"{name}: ours / SamDetector per image = {ours['image_s'] / peer['image_s']:.2f}x wall, "
+                       f"{ours['image_cpu_s'] / peer['image_cpu_s']:.2f}x CPU; peak RSS {ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x; "
+                       f"identical masks: {identical['ours']}")
+            if args.breakdown:
+                summary += (f"; same allocator setting on both: {results['ours']['image_cpu_s'] / results['peer+heap']['image_cpu_s']:.2f}x CPU, "
+                            f"neither: {results['ours-heap']['image_cpu_s'] / peer['image_cpu_s']:.2f}x CPU")
         else:
-            summary = f"{name}: {1.0 / results[roles[0]]['image_s']:.2f} images/s ({roles[0]})"
+            summary = f"{name}: {1.0 / results[variants[0]]['image_s']:.2f} images/s ({variants[0]})"
+        summaries.append(summary)
         print(summary, flush=True)
-        lines.append("")
-        lines.append(summary)
-        lines.append("")
+    lines += [""] + [f"- {summary}" for summary in summaries] + [f"- note: {note}" for note in notes]
     if args.record:
         with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as handle:
             handle.write("\n" + "\n".join(lines) + "\n")

@@ -142,9 +142,8 @@ class LineartAnnotator(Annotator):
         for chunk in group_by_working_size([w.shape[:2] for w in working], self.batch_size):
             lines = self.predict(np.stack([working[i] for i in chunk]))
             for i, line in zip(chunk, lines):
-                if self.options.invert:
-                    line = 255 - line
-                results[i] = resize_to(line, (images[i].shape[1], images[i].shape[0]))
+                guide = resize_to(line, (images[i].shape[1], images[i].shape[0]))
+                results[i] = 255 - guide if self.options.invert else guide
         return results
 
     def predict(self, images: np.ndarray) -> np.ndarray:

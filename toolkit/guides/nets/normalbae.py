@@ -19,12 +19,16 @@ at random). At inference (``mode='test'`` in the original, and every ControlNet 
 sampling_ratio 0.4, importance_ratio 0.7) the heads run on *every* pixel, which is what
 ``forward`` does here; the ratios are kept on the module as the client configuration.
 
-Inference shortcuts (exact up to float rounding, checked against the reference to 1e-4 in tests):
+Inference shortcuts, taken after ``NNET.prepare_for_inference()`` (exact up to float rounding, checked
+against the reference to 1e-4 in tests; before it the computation is the reference's):
 
 * The first layer of each refinement head is a per-pixel affine map, and bilinear upsampling is a
   per-channel convex combination, so the two commute: the head's first layer runs at the lower
   resolution on the un-upsampled features (4x fewer pixels) and its 128-channel result is upsampled.
-* ``fuse_batchnorm()`` folds the decoder's eval-mode BatchNorm into the preceding convolutions.
+* The decoder's eval-mode BatchNorm is folded into the preceding convolutions, and the first 3x3
+  convolution of each upsampling block runs its upsampled input's part at the low resolution
+  (``UpSampleBN``): together about 40% less decoder work.
+* Channels-last memory format (set by the caller) makes the per-pixel heads plain matrix products.
 
 Input: ImageNet-normalised RGB (B, 3, H, W); H, W multiples of 32 keep every skip size aligned.
 """
@@ -187,14 +191,21 @@ class Decoder(nn.Module):
         self.out_conv_res4 = _refinement_head(512 + 4)
         self.out_conv_res2 = _refinement_head(256 + 4)
         self.out_conv_res1 = _refinement_head(128 + 4)
+        self.prepared = False
+        """Set by ``NNET.prepare_for_inference``: use the inference shortcuts (module docstring)."""
 
     @staticmethod
-    def _refine(head: nn.Sequential, features: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    def _refine(head: nn.Sequential, features: torch.Tensor, coarse: torch.Tensor, head_first: bool = True) -> torch.Tensor:
         """Prediction at twice the resolution of ``features``/``coarse`` (same size), every pixel.
 
         The original upsamples the 516/260/132-channel concatenation and then applies the head's first
-        (linear) layer; applying that layer first and upsampling its 128 channels is the same map.
+        (linear) layer; applying that layer first and upsampling its 128 channels is the same map
+        (``head_first``, 4x less work for that layer).
         """
+        if not head_first:
+            upsampled = F.interpolate(torch.cat([features, coarse], dim=1), scale_factor=2, mode="bilinear", align_corners=True)
+            batch, channels, height, width = upsampled.shape
+            return normalize_prediction(head(upsampled.reshape(batch, channels, -1)).view(batch, 4, height, width))
         hidden = _pointwise(torch.cat([features, coarse], dim=1), head[0])
         hidden = F.interpolate(hidden, scale_factor=2, mode="bilinear", align_corners=True)
         hidden = torch.relu_(hidden)
@@ -209,9 +220,9 @@ class Decoder(nn.Module):
         x4 = self.up3(x8, skip4)
         x2 = self.up4(x4, skip2)
         out_res8 = normalize_prediction(self.out_conv_res8(x8))
-        out_res4 = self._refine(self.out_conv_res4, x8, out_res8)
-        out_res2 = self._refine(self.out_conv_res2, x4, out_res4)
-        out_res1 = self._refine(self.out_conv_res1, x2, out_res2)
+        out_res4 = self._refine(self.out_conv_res4, x8, out_res8, self.prepared)
+        out_res2 = self._refine(self.out_conv_res2, x4, out_res4, self.prepared)
+        out_res1 = self._refine(self.out_conv_res1, x2, out_res2, self.prepared)
         return [out_res8, out_res4, out_res2, out_res1]
 
 
@@ -235,6 +246,7 @@ class NNET(nn.Module):
         self.eval()
         for block in (self.decoder.up1, self.decoder.up2, self.decoder.up3, self.decoder.up4):
             block.fuse()
+        self.decoder.prepared = True
         return self
 
     def predict_normals(self, image: torch.Tensor) -> torch.Tensor:

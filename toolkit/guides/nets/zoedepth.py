@@ -12,8 +12,8 @@ Layout:
 
 * ``core.core.pretrained.model``: timm's BEiT-L/16-384 (24 blocks, width 1024, 16 heads, per-block relative
   position bias, LayerScale). Its own forward is not used: MiDaS runs it at any multiple of 16 by resizing
-  each block's relative position bias table (bilinear) to the patch grid; ``_BeitEncoder`` does the same,
-  with ``scaled_dot_product_attention`` and the bias built once per forward and block. Its ImageNet head
+  each block's relative position bias table (bilinear) to the patch grid; ``_Encoder`` does the same, with
+  ``scaled_dot_product_attention`` and the bias built once per forward and block. Its ImageNet head
   (``fc_norm``, ``head``) is in the file and kept, unused.
 * ``core.core.pretrained.act_postprocess{1..4}``: DPT "reassemble" of the tokens after blocks 5, 11, 17, 23:
   readout projection (patch token ++ class token -> Linear -> GELU), 1x1 conv, resampling to 1/4, 1/8,
@@ -25,13 +25,17 @@ Layout:
 
 Arithmetic is the reference's, rearranged where exactly equal in real numbers (1x1 convs moved before the
 bilinear resizes they commute with, split concatenations); results match controlnet_aux's ZoeDepth to
-float rounding (tests/nets/test_zoedepth.py). Convolutions run channels-last (about twice as fast on CPU).
-The metric head always runs in float32, also when the backbone runs in fp16/bf16.
+float rounding (tests/nets/test_zoedepth.py). Convolutions run channels-last (about twice as fast on CPU);
+``infer_depth`` runs the mirrored image in the same batch. The metric head always runs in float32, also
+when the backbone runs in fp16/bf16.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -114,6 +118,35 @@ def relative_position_index(height: int, width: int) -> torch.Tensor:
     return index
 
 
+_TIMM_BUILD_LOCK = threading.Lock()
+
+
+@contextmanager
+def _index_tables_computed_once() -> Iterator[None]:
+    """While timm builds the BEiT, compute its relative position index once per window size.
+
+    timm computes the same (577 x 577) table in each of the 24 blocks, about 2 of the 3 s it takes to
+    build the network (with parameters on the meta device). Every block still gets timm's own table.
+    """
+    import timm.models.beit as beit
+
+    with _TIMM_BUILD_LOCK:
+        original = beit.gen_relative_position_index
+        tables: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
+
+        def computed_once(window_size: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
+            key = (tuple(window_size), str(device))
+            if key not in tables:  # older timm takes no device argument
+                tables[key] = original(window_size) if device is None else original(window_size, device=device)
+            return tables[key].clone()
+
+        beit.gen_relative_position_index = computed_once
+        try:
+            yield
+        finally:
+            beit.gen_relative_position_index = original
+
+
 def _resized_bias_table(table: torch.Tensor, trained: int, height: int, width: int) -> torch.Tensor:
     """The bias table for a ``height x width`` grid, bilinearly resized from the ``trained`` square grid.
 
@@ -178,11 +211,12 @@ class _Encoder(nn.Module):
         from timm.models.beit import Beit
 
         dim, (c1, c2, c3, c4) = config.embed_dim, config.reassemble_channels
-        self.model = Beit(
-            img_size=config.pretrain_size, patch_size=16, num_classes=config.num_classes,
-            embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads, mlp_ratio=4.0,
-            qkv_bias=True, use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1e-5,
-        )
+        with _index_tables_computed_once():
+            self.model = Beit(
+                img_size=config.pretrain_size, patch_size=16, num_classes=config.num_classes,
+                embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads, mlp_ratio=4.0,
+                qkv_bias=True, use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1e-5,
+            )
         self.act_postprocess1 = _Reassemble(dim, c1, nn.ConvTranspose2d(c1, c1, kernel_size=4, stride=4))
         self.act_postprocess2 = _Reassemble(dim, c2, nn.ConvTranspose2d(c2, c2, kernel_size=2, stride=2))
         self.act_postprocess3 = _Reassemble(dim, c3, None)
