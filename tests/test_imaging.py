@@ -179,3 +179,12 @@ def _dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
+
+
+def test_to_pil_modes() -> None:
+    from guides.imaging import to_pil
+
+    sixteen = (np.arange(12, dtype=np.uint16) * 5000).reshape(3, 4)
+    assert to_pil(sixteen).mode == "I;16" and np.array_equal(np.asarray(to_pil(sixteen)), sixteen)
+    assert to_pil(np.zeros((3, 4), np.uint8)).mode == "L"
+    assert to_pil(np.zeros((3, 4, 4), np.uint8)).mode == "RGBA"

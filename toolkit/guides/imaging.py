@@ -168,9 +168,7 @@ def encode_png(guide: np.ndarray) -> bytes:
 
 
 def to_pil(guide: np.ndarray) -> Image.Image:
-    """Wrap a guide array as a PIL image (L, I;16, RGB or RGBA)."""
-    if guide.dtype == np.uint16:
-        return Image.fromarray(guide, mode="I;16") if guide.ndim == 2 else Image.fromarray(guide)
+    """Wrap a guide array as a PIL image (L, I;16, RGB or RGBA: Pillow picks the mode from the dtype)."""
     return Image.fromarray(guide)
 
 
