@@ -28,7 +28,7 @@ from .registry import available, get  # noqa: E402
 
 __all__ = [
     "Annotator", "GuidesError", "InputError", "UsageError", "WeightsError",
-    "annotate", "available", "canny", "composite", "depth", "get", "load", "mask", "sam",
+    "annotate", "available", "canny", "composite", "depth", "get", "lineart", "load", "mask", "normals", "sam",
 ]
 
 
@@ -56,6 +56,20 @@ def depth(image: ImageLike, format: str = "rgba", flip: bool = True, pad: bool =
     """ZoeDepth (ZoeD_N) depth: RGBA near = white as the original colouring; ``format="gray"`` (L) or
     ``"metric16"`` (I;16, metres * 256). ``options``: device, precision, models_dir, checkpoint."""
     return annotate("depth", image, format=format, flip=flip, pad=pad, resolution=resolution, **options)
+
+
+def lineart(image: ImageLike, coarse: bool = False, invert: bool = False, resolution: int = 512,
+            **options: Any) -> Image.Image:
+    """Line art (L): dark lines on white as ``refs/cutecat_guide_lineart.png`` (``invert=True``: white on
+    black, controlnet_aux's convention); ``coarse=True`` uses ``sk_model2.pth``. ``options``: device,
+    precision, batch_size, models_dir, checkpoint."""
+    return annotate("lineart", image, coarse=coarse, invert=invert, resolution=resolution, **options)
+
+
+def normals(image: ImageLike, resolution: int = 512, **options: Any) -> Image.Image:
+    """NormalBae surface normals (RGB = ((n + 1) / 2) * 255) as ``refs/cutecat_guide_normals.png``.
+    ``options``: device, precision, batch_size, models_dir, checkpoint."""
+    return annotate("normals", image, resolution=resolution, **options)
 
 
 def sam(image: ImageLike, **options: Any) -> Image.Image:

@@ -15,8 +15,11 @@ Formats (``--format``):
 * ``metric16``: 16-bit depth in metres * 256 (the original ``infer_pil(output_type="pil")``), for datasets
   that want metric depth; depths beyond 256 m saturate at 65535.
 
-Memory: the fp32 weights are 1.38 GB (345 M parameters), fp16/bf16 0.69 GB for the backbone (the small
-metric head stays fp32). See bench/RESULTS.md for the measured peak memory per image.
+Memory: the weights are 345 M parameters, 1.38 GB in fp32 (memory-mapped from the checkpoint: page cache
+that processes share). Measured on CPU at fp32 for one 512 x 512 image with padding and flip: peak RSS
+3.0 GB (controlnet_aux's ZoeDetector: 3.5 GB), about 0.5 GB of it activations. fp16/bf16 (estimated, not
+measured: no GPU here): 0.69 GB of backbone weights plus about 0.3 GB per 512 x 512 image of a batch
+(flip doubles the batch inside); the small metric head stays fp32. See bench/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
 Pipeline (ControlNet's, as controlnet_aux's ``LineartDetector`` runs it):
 
 1. working image = ``resize_image(image, resolution)`` (short side to N, sides multiples of 64;
-   ``--resolution 0`` keeps the input size, reflect-padded to a multiple of 4 for the network and
-   cropped back);
+   ``--resolution 0`` keeps the input size, reflect-padded to a multiple of 4 (and at least 8) for the
+   network and cropped back);
 2. network on RGB / 255 (no mean/std); its output (1 = white paper) becomes
    ``(line * 255).clip(0, 255)`` truncated to uint8;
 3. the guide is resized back to the input size with ``cv2.INTER_LINEAR``.
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 NETWORK_MULTIPLE = 4
 """Sides the generator maps to themselves (two stride-2 stages); other sizes are padded and cropped."""
+NETWORK_MIN_SIDE = 8
+"""Smallest side the generator accepts (its reflect padding needs 2 pixels at 1/4 resolution)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +62,12 @@ def working_size(height: int, width: int, resolution: int) -> tuple[int, int]:
     return int(np.round(height * scale / 64.0)) * 64, int(np.round(width * scale / 64.0)) * 64
 
 
-def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
-    """Pad (B, H, W, C) images at the bottom and right to sides that are multiples of ``multiple``
-    (reflected where the image is large enough, else repeated edge pixels)."""
+def pad_to_multiple(images: np.ndarray, multiple: int, minimum: int = 0) -> np.ndarray:
+    """Pad (B, H, W, C) images at the bottom and right to sides that are multiples of ``multiple`` and
+    at least ``minimum`` (reflected where the image is large enough, else repeated edge pixels)."""
     height, width = images.shape[1:3]
-    pad_h, pad_w = -height % multiple, -width % multiple
+    pad_h = max(minimum - height, 0) + (-max(height, minimum)) % multiple
+    pad_w = max(minimum - width, 0) + (-max(width, minimum)) % multiple
     if pad_h == 0 and pad_w == 0:
         return images
     mode = "reflect" if min(height, width) > 1 else "edge"
@@ -152,7 +155,7 @@ class LineartAnnotator(Annotator):
 
         check_rgb_batch(images, "lineart")
         height, width = images.shape[1:3]
-        padded = pad_to_multiple(images, NETWORK_MULTIPLE)
+        padded = pad_to_multiple(images, NETWORK_MULTIPLE, NETWORK_MIN_SIDE)
         with torch.inference_mode():
             batch = torch.from_numpy(np.ascontiguousarray(padded)).to(self.device)
             batch = (batch.permute(0, 3, 1, 2).float() / 255.0).to(self.dtype)

@@ -1,6 +1,6 @@
 """Segment Anything inference for ``guides sam`` and ``guides mask`` (imports torch and segment_anything).
 
-The model, the image encoder, ``SamPredictor`` and the mask utilities are segment_anything's own; this
+The model, its modules, ``SamPredictor`` and the mask utilities are segment_anything's own; this
 module adds what the package lacks:
 
 * ``SamEngine``: one loaded model, the image embedding of the last image (computed once per image and
@@ -15,6 +15,8 @@ module adds what the package lacks:
     never upscaled, decoded or upsampled; the reference upsamples every candidate to the image size and
     then throws most of them away;
   - survivors are upsampled in small chunks and kept as boolean masks (no RLE round trip);
+  - the image encoder's global attention blocks run a few query rows at a time (``encode_image``), so
+    the full (heads, 4096, 4096) score matrices and their relative-position sums never exist at once;
   - on the CPU, large activations are allocated from glibc's heap instead of fresh memory maps
     (``keep_large_allocations_on_the_heap``): no page faults for every 268 MB activation.
 
@@ -51,6 +53,7 @@ from torchvision.ops.boxes import batched_nms
 
 from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling import Sam
+from segment_anything.modeling.image_encoder import get_rel_pos
 from segment_anything.utils.amg import (
     batched_mask_to_box,
     build_point_grid,
@@ -171,6 +174,66 @@ def remove_small_regions_and_duplicates(segments: Segments, min_area: int, nms_t
     changed = np.asarray(scores)[keep] == 0.0
     result.boxes[changed] = boxes.numpy()[keep][changed]
     return result
+
+
+# ---------------------------------------------------------------------------------- the image encoder
+
+#: Bytes of attention scores held at once by a global attention block of the image encoder.
+ATTENTION_CHUNK_BYTES = 128 * 1024 * 1024
+
+
+def _global_attention(attention: nn.Module, x: torch.Tensor, rows_per_chunk: int) -> torch.Tensor:
+    """segment_anything's ``image_encoder.Attention.forward`` for a global block, a few rows of query
+    tokens at a time: the (heads, HW, HW) score matrix (805 MB for ViT-B at 1024 px, plus two more of the
+    same size for the relative-position sums) is never whole. Each query row's scores are computed by the
+    same operations on the same values, and the relative-position terms are computed once as there."""
+    batch, height, width, _ = x.shape
+    heads = attention.num_heads
+    qkv = attention.qkv(x).reshape(batch, height * width, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.reshape(3, batch * heads, height * width, -1).unbind(0)
+    if attention.use_rel_pos:
+        rel_pos_h = get_rel_pos(height, height, attention.rel_pos_h)
+        rel_pos_w = get_rel_pos(width, width, attention.rel_pos_w)
+        r_q = q.reshape(batch * heads, height, width, -1)
+        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rel_pos_h)
+        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rel_pos_w)
+    k_t = k.transpose(-2, -1)
+    out = None
+    for top in range(0, height, rows_per_chunk):
+        bottom = min(height, top + rows_per_chunk)
+        scores = (q[:, top * width : bottom * width] * attention.scale) @ k_t
+        if attention.use_rel_pos:
+            scores = (
+                scores.view(batch * heads, bottom - top, width, height, width)
+                + rel_h[:, top:bottom, :, :, None]
+                + rel_w[:, top:bottom, :, None, :]
+            ).view(batch * heads, (bottom - top) * width, height * width)
+        part = scores.softmax(dim=-1) @ v
+        del scores
+        if out is None:
+            out = part.new_empty(q.shape)
+        out[:, top * width : bottom * width] = part
+    assert out is not None
+    x = out.view(batch, heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
+    return attention.proj(x)
+
+
+def encode_image(encoder: nn.Module, x: torch.Tensor, chunk_bytes: int = ATTENTION_CHUNK_BYTES) -> torch.Tensor:
+    """``ImageEncoderViT.forward`` with the global attention blocks computed in query chunks of about
+    ``chunk_bytes`` of scores (windowed blocks run as they are)."""
+    x = encoder.patch_embed(x)
+    if encoder.pos_embed is not None:
+        x = x + encoder.pos_embed
+    for block in encoder.blocks:
+        if block.window_size > 0:
+            x = block(x)
+            continue
+        batch, height, width, _ = x.shape
+        row_bytes = batch * block.attn.num_heads * width * height * width * x.element_size()
+        shortcut = x
+        x = shortcut + _global_attention(block.attn, block.norm1(x), max(1, chunk_bytes // max(1, row_bytes)))
+        x = x + block.mlp(block.norm2(x))
+    return encoder.neck(x.permute(0, 3, 1, 2))
 
 
 # ---------------------------------------------------------------------------------- the fast decoder
@@ -314,6 +377,8 @@ class SamEngine:
     #: Image embeddings kept (most recent first out last): a ViT embedding is 4 MB, and the batch engine
     #: hands each annotator of a run (``guides run sam,mask``) the same few images in turn.
     cached_images: int = 8
+    #: See ``encode_image``.
+    attention_chunk_bytes: int = ATTENTION_CHUNK_BYTES
 
     def __init__(self, model: Sam, dtype: torch.dtype = torch.float32) -> None:
         self.model = model.eval()
@@ -349,12 +414,26 @@ class SamEngine:
             predictor.is_image_set = True
             return
         with self._precision():
-            predictor.set_image(image)
+            self._embed(image)
         if predictor.features.dtype != torch.float32:
             predictor.features = predictor.features.float()
         self._embeddings[key] = (predictor.features, tuple(predictor.original_size), tuple(predictor.input_size))
         while len(self._embeddings) > self.cached_images:
             self._embeddings.popitem(last=False)
+
+    def _embed(self, image: np.ndarray) -> None:
+        """``SamPredictor.set_image`` (RGB input) with the encoder run by ``encode_image``."""
+        predictor = self.predictor
+        model = self.model
+        if model.image_format != "RGB":
+            image = image[..., ::-1]
+        transformed = predictor.transform.apply_image(image)
+        tensor = torch.as_tensor(transformed, device=self.device).permute(2, 0, 1).contiguous()[None, :, :, :]
+        predictor.reset_image()
+        predictor.original_size = image.shape[:2]
+        predictor.input_size = tuple(tensor.shape[-2:])
+        predictor.features = encode_image(model.image_encoder, model.preprocess(tensor), self.attention_chunk_bytes)
+        predictor.is_image_set = True
 
     def reset(self) -> None:
         """Forget the image embeddings (frees their memory)."""
