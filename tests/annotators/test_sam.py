@@ -172,6 +172,30 @@ def test_default_thresholds_match_too(tiny: Sam) -> None:
     assert_same_masks(engine.generate(settings), reference_generate(tiny, image, settings))
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 2 * 16 * 256 * 4, 1 << 30], ids=["one row", "three rows", "whole"])
+def test_image_encoder_identical_with_chunked_global_attention(chunk_bytes: int) -> None:
+    """encode_image (global attention a few query rows at a time) gives ImageEncoderViT's features exactly,
+    with non-zero relative-position tables (random SAM initialises them to zero)."""
+    from guides.nets.sam_fast import encode_image
+
+    model = build_tiny_sam(seed=4)
+    with torch.no_grad():
+        for block in model.image_encoder.blocks:
+            block.attn.rel_pos_h.normal_(std=0.5)
+            block.attn.rel_pos_w.normal_(std=0.5)
+    image = blocks_image(70, 110)
+    engine = SamEngine(model)
+    engine.attention_chunk_bytes = chunk_bytes
+    engine.set_image(image)
+    reference = SamPredictor(model)
+    reference.set_image(image)
+    assert torch.equal(engine.predictor.features, reference.features)
+    assert (engine.predictor.original_size, engine.predictor.input_size) == (reference.original_size, reference.input_size)
+    with torch.inference_mode():
+        x = model.preprocess(torch.rand(2, 3, 256, 256) * 255)
+        assert torch.equal(encode_image(model.image_encoder, x, chunk_bytes), model.image_encoder(x))
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_decoder_transformer_identical_for_vit_sized_decoder(batch: int) -> None:
     """The shared-first-block transformer equals MaskDecoder's own (256 channels, 64x64 embedding)."""
@@ -197,7 +221,7 @@ def test_decoder_transformer_identical_for_vit_sized_decoder(batch: int) -> None
 
 def test_image_embedding_computed_once_per_image(tiny: Sam) -> None:
     calls = []
-    handle = tiny.image_encoder.register_forward_hook(lambda *args: calls.append(1))
+    handle = tiny.image_encoder.patch_embed.register_forward_hook(lambda *args: calls.append(1))
     try:
         engine = SamEngine(tiny)
         image = blocks_image(64, 64)
@@ -452,8 +476,8 @@ class VitB:
 
     def reference_generator(self, settings: GeneratorSettings) -> SamAutomaticMaskGenerator:
         """The reference generator, given the image embedding our engine computed (after the weights were
-        checked equal), so the session pays for one ViT-B encoder pass; the tiny-model tests check
-        that the embeddings themselves are identical."""
+        checked equal), so the session pays for the reference encoder once
+        (``test_vit_b_image_embedding_identical_to_samPredictors``)."""
         generator = SamAutomaticMaskGenerator(self.reference, **settings.reference_kwargs())
         ours = self.annotator.engine.predictor
 
@@ -475,6 +499,10 @@ def vit_b(tmp_path_factory: pytest.TempPathFactory) -> VitB:
     weights contract by the annotator; the image embedded once (non-square: 320x224)."""
     torch.manual_seed(0)
     reference = sam_model_registry["vit_b"]().eval()
+    with torch.no_grad():  # random SAM starts its relative-position tables at zero; make them count
+        for block in reference.image_encoder.blocks:
+            block.attn.rel_pos_h.normal_(std=0.1)
+            block.attn.rel_pos_w.normal_(std=0.1)
     models_dir = tmp_path_factory.mktemp("sam-models")
     torch.save(reference.state_dict(), models_dir / "sam_vit_b_01ec64.pth")
     options = SamOptions(model="vit_b", models_dir=str(models_dir), device="cpu", resolution=0, points_per_side=4,
@@ -485,6 +513,13 @@ def vit_b(tmp_path_factory: pytest.TempPathFactory) -> VitB:
     image = blocks_image(224, 320)
     annotator.engine.set_image(image)
     return VitB(reference, annotator, image, models_dir)
+
+
+def test_vit_b_image_embedding_identical_to_samPredictors(vit_b: VitB) -> None:
+    predictor = SamPredictor(vit_b.reference)
+    predictor.set_image(vit_b.image)
+    ours = vit_b.annotator.engine.predictor
+    assert torch.equal(ours.features, predictor.features), (ours.features - predictor.features).abs().max()
 
 
 def test_vit_b_engine_shared_by_annotators_of_the_same_model(vit_b: VitB) -> None:
