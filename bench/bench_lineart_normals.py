@@ -177,7 +177,6 @@ def single_image(kind: str, folder: Path, image: np.ndarray, rounds: int) -> dic
         "within_1_level": float((diff <= 1).mean()), "max_diff": int(diff.max()),
         "threads": torch.get_num_threads(),
     }
-    del peer, ours
     return result
 
 

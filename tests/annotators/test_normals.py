@@ -36,10 +36,11 @@ RESOLUTION = 256
 NETWORK_BOUND = 1e-4
 GUIDE_SHARE = 0.999
 PARITY_SHAPES = {"square-enlarged": (192, 192), "nonsquare-shrunk": (300, 375)}
-"""Input sizes: 192x192 is enlarged to 256x256, 300x375 shrunk to 256x320. Every test runs the network on these two images (or their mirror images, crops) at this working size:
-on images it was not calibrated on -- or at another scale -- a random NNET's activations reach 1e6, its
-SiLU/sigmoid gates underflow to denormal floats (a 64x64 forward then takes seconds) and float rounding
-is amplified chaotically, which no trained network does."""
+"""Input sizes: 192x192 is enlarged to 256x256, 300x375 shrunk to 256x320. Every test runs the network
+on these two images (or their mirror images, crops) at this working size: on images it was not
+calibrated on -- or at another scale -- a random NNET's activations reach 1e6, its SiLU/sigmoid gates
+underflow to denormal floats (a 64x64 forward then takes seconds) and float rounding is amplified
+chaotically, which no trained network does."""
 
 
 @dataclass
@@ -140,7 +141,8 @@ def runs(reference: Reference, annotator: NormalsAnnotator) -> dict[str, Run]:
     detector = NormalBaeDetector(reference.model)
     results = {}
     for name, image in reference.images.items():
-        theirs_net, ours_encoder, ours_decoder = Capture(reference.model), Capture(annotator.model.encoder), Capture(annotator.model.decoder)
+        theirs_net = Capture(reference.model)
+        ours_encoder, ours_decoder = Capture(annotator.model.encoder), Capture(annotator.model.decoder)
         detected = detector(image, detect_resolution=RESOLUTION, image_resolution=RESOLUTION, output_type="np")
         guide = annotator.annotate(image)
         assert theirs_net.input is not None and ours_encoder.input is not None

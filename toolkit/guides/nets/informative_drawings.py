@@ -118,17 +118,20 @@ def instance_norm_cl(h: torch.Tensor, relu: bool, eps: float = 1e-5) -> torch.Te
     and in one pass (sum and sum of squares), which loses about 1e-4 relative accuracy on a 512x512
     map. Here the statistics are two-level sums (blocks of at most 256 pixels in fp32, the block sums
     in fp64) and the variance is taken of the centred values: as accurate as the reference's instance
-    norm, at about the cost of one group norm pass. ``h`` must be a fresh tensor (it is overwritten).
+    norm, at about the cost of one group norm pass. ``h`` must be a fresh tensor (it is overwritten;
+    the result is ``h`` itself when ``h`` is channels-last, else a channels-last copy).
     """
+    if not h.is_contiguous(memory_format=torch.channels_last):
+        h = h.contiguous(memory_format=torch.channels_last)
     batch, channels, height, width = h.shape
     pixels = height * width
     block = math.gcd(pixels, 256)
     flat = h.permute(0, 2, 3, 1).view(batch, pixels, channels)
     blocks = flat.view(batch, pixels // block, block, channels)
-    stats_dtype = torch.float32
-    mean = blocks.sum(dim=2, dtype=stats_dtype).double().sum(dim=1, keepdim=True).div_(pixels)
+    # Block sums in fp32 (also for bf16/fp16 maps), the sum of the block sums in fp64.
+    mean = blocks.sum(dim=2, dtype=torch.float32).double().sum(dim=1, keepdim=True).div_(pixels)
     flat.sub_(mean.to(h.dtype))
-    norms = torch.linalg.vector_norm(blocks, dim=2, dtype=stats_dtype).double()
+    norms = torch.linalg.vector_norm(blocks, dim=2, dtype=torch.float32).double()
     variance = norms.square_().sum(dim=1, keepdim=True).div_(pixels)
     flat.mul_(variance.add_(eps).rsqrt_().to(h.dtype))
     if relu:

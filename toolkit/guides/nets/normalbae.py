@@ -122,15 +122,16 @@ class UpSampleBN(nn.Module):
             return self._net(torch.cat([x, skip], dim=1))
         height, width = skip.shape[-2:]
         out_channels = self._bias1.shape[0]
-        taps = F.interpolate(F.conv2d(x, self._taps), size=(height, width), mode="bilinear", align_corners=True)
         out = F.conv2d(skip, self._skip_weight, self._bias1, padding=1)
-        for ky in range(3):
+        for ky in range(3):  # one kernel row at a time: 3 (not 9) upsampled tap maps alive at once
+            row = self._taps[3 * ky * out_channels : 3 * (ky + 1) * out_channels]
+            taps = F.interpolate(F.conv2d(x, row), size=(height, width), mode="bilinear", align_corners=True)
+            dy = ky - 1
+            rows_out, rows_in = slice(max(0, -dy), height - max(0, dy)), slice(max(0, dy), height - max(0, -dy))
             for kx in range(3):
-                k = 3 * ky + kx
-                dy, dx = ky - 1, kx - 1
-                out[:, :, max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)] += taps[
-                    :, k * out_channels : (k + 1) * out_channels, max(0, dy) : height - max(0, -dy), max(0, dx) : width - max(0, -dx)
-                ]
+                dx = kx - 1
+                cols_out, cols_in = slice(max(0, -dx), width - max(0, dx)), slice(max(0, dx), width - max(0, -dx))
+                out[:, :, rows_out, cols_out] += taps[:, kx * out_channels : (kx + 1) * out_channels, rows_in, cols_in]
         out = F.leaky_relu_(out)
         return F.leaky_relu_(F.conv2d(out, self._weight2, self._bias2, padding=1))
 

@@ -67,6 +67,8 @@ MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
 
 #: Upsampled logits per chunk when turning low-resolution logits into image-size masks.
 _UPSAMPLE_CHUNK = 16
+#: Prompts per chunk in the mask decoder's upscaling layers.
+_UPSCALE_CHUNK = 8
 
 
 def build_sam(model_type: str) -> Sam:
@@ -324,17 +326,25 @@ def decode_tokens(model: Sam, features: torch.Tensor, sparse: torch.Tensor, dens
 
 
 def low_res_logits(model: Sam, hs: torch.Tensor, src: torch.Tensor, rows: torch.Tensor, embedding_size: tuple[int, int]) -> torch.Tensor:
-    """``MaskDecoder.predict_masks``'s mask logits (all mask tokens) for the prompts at ``rows``."""
+    """``MaskDecoder.predict_masks``'s mask logits (all mask tokens) for the prompts at ``rows``.
+
+    The upscaling runs ``_UPSCALE_CHUNK`` prompts at a time: its activations (0.5 GB for 64 prompts at the
+    last layer alone) never exist for the whole batch.
+    """
     decoder = model.mask_decoder
     h, w = embedding_size
-    picked = src[rows]
-    b, _, c = picked.shape
-    upscaled = decoder.output_upscaling(picked.transpose(1, 2).view(b, c, h, w))
     tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
     hyper_in = torch.stack([mlp(tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
-    hyper_in = hyper_in[rows]
-    b, c, h2, w2 = upscaled.shape
-    return (hyper_in @ upscaled.view(b, c, h2 * w2)).view(b, -1, h2, w2)
+    parts = []
+    for chunk in rows.split(_UPSCALE_CHUNK):
+        picked = src[chunk]
+        b, _, c = picked.shape
+        upscaled = decoder.output_upscaling(picked.transpose(1, 2).view(b, c, h, w))
+        del picked
+        b, c, h2, w2 = upscaled.shape
+        parts.append((hyper_in[chunk] @ upscaled.view(b, c, h2 * w2)).view(b, -1, h2, w2))
+        del upscaled
+    return torch.cat(parts)
 
 
 # ------------------------------------------------------------------------------------------- engine
@@ -460,6 +470,7 @@ class SamEngine:
             for start in range(0, len(grid), batch):
                 part, boxes, scores = self._process_points(grid[start : start + batch], settings)
                 if len(part):
+                    part.masks = np.packbits(part.masks, axis=-1)  # 1 bit a pixel until NMS has chosen
                     parts.append(part)
                     kept_boxes.append(boxes)
                     kept_scores.append(scores)
@@ -467,6 +478,7 @@ class SamEngine:
             if len(segments):
                 keep = non_max_suppression(torch.cat(kept_boxes), torch.cat(kept_scores), settings.box_nms_thresh)
                 segments = segments.take(keep.cpu().numpy())
+                segments.masks = np.unpackbits(segments.masks, axis=-1, count=width).astype(bool)
         if settings.min_mask_region_area > 0:
             nms_thresh = max(settings.box_nms_thresh, settings.crop_nms_thresh)
             segments = remove_small_regions_and_duplicates(segments, settings.min_mask_region_area, nms_thresh)

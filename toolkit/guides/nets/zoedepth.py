@@ -552,7 +552,8 @@ class ZoeDepth(nn.Module):
         depth = []
         for i in range(last.shape[0]):
             probs = self.conditional_log_binomial(last[i : i + 1], rel_depth[i : i + 1], prev_embedding[i : i + 1])
-            probs *= _resize(centers[i : i + 1], probs.shape[-2:])
+            # probs come out of the softmax contiguous (NCHW): resize the centres in that layout too.
+            probs *= _resize(centers[i : i + 1].contiguous(), probs.shape[-2:])
             depth.append(torch.sum(probs, dim=1, keepdim=True))
         return torch.cat(depth)
 
