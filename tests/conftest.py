@@ -66,3 +66,63 @@ def photo_folder(tmp_path: Path) -> Path:
 def make_photo():
     """``make_photo(seed, height=96, width=128)`` -> a synthetic RGB uint8 photo (see ``synthetic_photo``)."""
     return synthetic_photo
+
+
+# ------------------------------------------------------------------------- reference implementations
+
+
+def _original_colorize(depth: np.ndarray) -> np.ndarray:
+    """zoedepth.utils.misc.colorize with its defaults (gray_r, 2nd/85th percentiles), via matplotlib."""
+    import matplotlib
+
+    value = depth.copy()
+    invalid = value == -99
+    vmin = np.percentile(value[~invalid], 2)
+    vmax = np.percentile(value[~invalid], 85)
+    value = (value - vmin) / (vmax - vmin) if vmin != vmax else value * 0.0
+    value[invalid] = np.nan
+    image = matplotlib.colormaps["gray_r"](value, bytes=True)
+    image[invalid] = (128, 128, 128, 255)
+    return image
+
+
+@pytest.fixture(scope="session")
+def original_colorize():
+    """``original_colorize(depth)``: the original ZoeDepth colouring, computed with matplotlib."""
+    pytest.importorskip("matplotlib")
+    return _original_colorize
+
+
+def _calibrated_normalbae(calibration: list) -> object:
+    """controlnet_aux's NNET (ControlNet client configuration), random weights (seed 0), its BatchNorm
+    statistics those of the normalised input batches ``calibration`` (cumulative over all of them): a
+    default-initialised NNET gives nearly constant normals, which would make any parity bound pass."""
+    import contextlib
+    import io
+    import types
+
+    import torch
+    from controlnet_aux.normalbae.nets.NNET import NNET as ReferenceNNET
+
+    args = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet",
+                                 sampling_ratio=0.4, importance_ratio=0.7)
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints while building
+        model = ReferenceNNET(args)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over every calibration batch
+    model.train()
+    with torch.no_grad():
+        for batch in calibration:
+            model(batch)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def calibrated_normalbae():
+    """``calibrated_normalbae([batch, ...])``: the reference NormalBae network for parity tests."""
+    pytest.importorskip("controlnet_aux")
+    return _calibrated_normalbae
+

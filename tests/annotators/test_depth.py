@@ -35,19 +35,6 @@ from guides.registry import get
 GRAY_R_MPL = matplotlib.colormaps["gray_r"]
 
 
-def original_colorize(depth: np.ndarray) -> np.ndarray:
-    """zoedepth.utils.misc.colorize with its defaults (gray_r, 2nd/85th percentiles), via matplotlib."""
-    value = depth.copy()
-    invalid = value == -99
-    vmin = np.percentile(value[~invalid], 2)
-    vmax = np.percentile(value[~invalid], 85)
-    value = (value - vmin) / (vmax - vmin) if vmin != vmax else value * 0.0
-    value[invalid] = np.nan
-    image = GRAY_R_MPL(value, bytes=True)
-    image[invalid] = (128, 128, 128, 255)
-    return image
-
-
 def _sweep(dtype: type) -> np.ndarray:
     """Values around every colour boundary k/256, below 0, above 1, and the extremes."""
     boundaries = np.arange(-2, 259, dtype=np.float64) / 256
@@ -94,7 +81,7 @@ def _depth_maps() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", list(_depth_maps()))
-def test_colorize_equals_the_original_exactly(name: str) -> None:
+def test_colorize_equals_the_original_exactly(name: str, original_colorize) -> None:
     depth = _depth_maps()[name]
     ours = colorize(depth)
     expected = original_colorize(depth)
@@ -180,7 +167,7 @@ def _annotator(model: ZoeDepth, **options) -> DepthAnnotator:
     return DepthAnnotator(DepthOptions(device="cpu", **options), model=model)
 
 
-def test_formats(tiny: ZoeDepth, make_photo) -> None:
+def test_formats(tiny: ZoeDepth, make_photo, original_colorize) -> None:
     image = make_photo(1, 40, 56)
     depth = _annotator(tiny).predict(image[None])[0]
     assert depth.shape == (40, 56) and depth.dtype == np.float32 and np.ptp(depth) > 0

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 import guides
-from guides.annotators.lineart import LineartAnnotator, LineartOptions, pad_to_multiple, working_size
+from guides.annotators.learned import pad_to_multiple, working_size
+from guides.annotators.lineart import LineartAnnotator, LineartOptions
 from guides.cli.testing import invoke
 from guides.errors import DeviceError, InputError, UsageError, WeightsError
 from guides.imaging import resize_image

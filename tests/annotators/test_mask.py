@@ -5,8 +5,6 @@ keeps these fast; the ViT-B point check is in test_sam.py with the session's ViT
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -16,7 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("segment_anything")
 
 from segment_anything import SamPredictor  # noqa: E402
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer  # noqa: E402
+from segment_anything.modeling import Sam  # noqa: E402
 
 import guides  # noqa: E402
 from guides.annotators import sam_common  # noqa: E402
@@ -24,34 +22,6 @@ from guides.annotators.composite import composite  # noqa: E402
 from guides.annotators.mask import MaskAnnotator, MaskOptions  # noqa: E402
 from guides.errors import InputError, UsageError  # noqa: E402
 from guides.nets.sam_fast import GeneratorSettings, SamEngine, Segments  # noqa: E402
-
-
-def build_tiny_sam(seed: int = 2, logit_scale: float = 300.0) -> Sam:
-    """The small random SAM of test_sam.py: 256 px input, 32 channels, masks that follow colour blocks."""
-    torch.manual_seed(seed)
-    size, patch, dim = 256, 16, 32
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=2, embed_dim=32, img_size=size, mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=2, patch_size=patch, qkv_bias=True, use_rel_pos=True, global_attn_indexes=(1,),
-            window_size=4, out_chans=dim,
-        ),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(size // patch, size // patch),
-                                     input_image_size=(size, size), mask_in_chans=16),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=4),
-            transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=32,
-        ),
-    ).eval()
-    with torch.no_grad():
-        sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(8)
-        for conv in (sam.mask_decoder.output_upscaling[0], sam.mask_decoder.output_upscaling[3]):
-            conv.weight.copy_(conv.weight[:, :, :1, :1].expand_as(conv.weight))
-        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(logit_scale)
-            mlp.layers[-1].bias.mul_(logit_scale)
-        sam.mask_decoder.iou_prediction_head.layers[-1].bias.add_(0.15)
-    return sam
 
 
 def blocks_image(height: int = 96, width: int = 128) -> np.ndarray:
@@ -63,8 +33,8 @@ def blocks_image(height: int = 96, width: int = 128) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def tiny() -> Sam:
-    return build_tiny_sam()
+def tiny(build_tiny_sam) -> Sam:
+    return build_tiny_sam(seed=2)
 
 
 def predictor_best(model: Sam, image: np.ndarray, points=None, labels=None, box=None) -> np.ndarray:

@@ -12,9 +12,6 @@ path does not depend on the size.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +22,7 @@ import torch
 from PIL import Image
 
 import guides
-from guides.annotators.lineart import pad_to_multiple
+from guides.annotators.learned import pad_to_multiple
 from guides.annotators.normals import NormalsAnnotator, NormalsOptions
 from guides.cli.testing import invoke
 from guides.errors import DeviceError, InputError, UsageError, WeightsError
@@ -58,35 +55,20 @@ def _network_input(image: np.ndarray) -> torch.Tensor:
     return transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])(tensor)
 
 
-def calibrated_reference(images: list[np.ndarray], folder: Path) -> tuple[torch.nn.Module, Path]:
+def calibrated_reference(build, images: list[np.ndarray], folder: Path) -> tuple[torch.nn.Module, Path]:
     """controlnet_aux's NNET, random weights, BatchNorm statistics of ``images`` (working size already),
     saved as ``scannet.pt`` is: ``{"model": state_dict}`` with every key prefixed ``module.``."""
-    from controlnet_aux.normalbae.nets.NNET import NNET as ReferenceNNET
-
-    args = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet",
-                                 sampling_ratio=0.4, importance_ratio=0.7)
-    torch.manual_seed(0)
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints while building
-        model = ReferenceNNET(args)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative statistics over all calibration images
-    model.train()
-    with torch.no_grad():
-        for image in images:
-            model(_network_input(image))
-    model.eval()
+    model = build([_network_input(image) for image in images])
     path = folder / "scannet.pt"
     torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
     return model, path
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, make_photo) -> Reference:
+def reference(tmp_path_factory: pytest.TempPathFactory, make_photo, calibrated_normalbae) -> Reference:
     """The parity network, calibrated on the two parity images at their working sizes."""
     images = {name: make_photo(40 + i, *shape) for i, (name, shape) in enumerate(PARITY_SHAPES.items())}
-    model, path = calibrated_reference([resize_image(image, RESOLUTION) for image in images.values()],
+    model, path = calibrated_reference(calibrated_normalbae, [resize_image(image, RESOLUTION) for image in images.values()],
                                        tmp_path_factory.mktemp("normals"))
     return Reference(model, path, images)
 

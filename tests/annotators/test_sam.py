@@ -11,7 +11,6 @@ ViT-B parity runs once per session with the real architecture and a checkpoint f
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("segment_anything")
 
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry  # noqa: E402
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer  # noqa: E402
+from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer  # noqa: E402
 from segment_anything.utils.amg import MaskData, batched_mask_to_box, box_xyxy_to_xywh, mask_to_rle_pytorch, rle_to_mask  # noqa: E402
 
 from guides.annotators import sam_common  # noqa: E402
@@ -31,34 +30,6 @@ from guides.errors import UsageError  # noqa: E402
 from guides.nets.sam_fast import GeneratorSettings, SamEngine, Segments, decode_tokens, remove_small_regions_and_duplicates  # noqa: E402
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def build_tiny_sam(seed: int, logit_scale: float = 300.0) -> Sam:
-    """SAM with a 256 px input, 16x16 embedding, 32 channels; random weights that give varied masks."""
-    torch.manual_seed(seed)
-    size, patch, dim = 256, 16, 32
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=2, embed_dim=32, img_size=size, mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=2, patch_size=patch, qkv_bias=True, use_rel_pos=True, global_attn_indexes=(1,),
-            window_size=4, out_chans=dim,
-        ),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(size // patch, size // patch),
-                                     input_image_size=(size, size), mask_in_chans=16),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=4),
-            transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=32,
-        ),
-    ).eval()
-    with torch.no_grad():
-        sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(8)
-        for conv in (sam.mask_decoder.output_upscaling[0], sam.mask_decoder.output_upscaling[3]):
-            conv.weight.copy_(conv.weight[:, :, :1, :1].expand_as(conv.weight))
-        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(logit_scale)
-            mlp.layers[-1].bias.mul_(logit_scale)
-        sam.mask_decoder.iou_prediction_head.layers[-1].bias.add_(0.15)  # predicted IoUs on both sides of 0
-    return sam
 
 
 def blocks_image(height: int = 96, width: int = 128) -> np.ndarray:
@@ -116,7 +87,7 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 @pytest.fixture(scope="module")
-def tiny() -> Sam:
+def tiny(build_tiny_sam) -> Sam:
     return build_tiny_sam(seed=2)
 
 
@@ -173,7 +144,7 @@ def test_default_thresholds_match_too(tiny: Sam) -> None:
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 3 * 2 * 16 * 256 * 4, 1 << 30], ids=["one row", "three rows", "whole"])
-def test_image_encoder_identical_with_chunked_global_attention(chunk_bytes: int) -> None:
+def test_image_encoder_identical_with_chunked_global_attention(chunk_bytes: int, build_tiny_sam) -> None:
     """encode_image (global attention a few query rows at a time) gives ImageEncoderViT's features exactly,
     with non-zero relative-position tables (random SAM initialises them to zero)."""
     from guides.nets.sam_fast import encode_image
@@ -261,7 +232,7 @@ def test_reduced_precision_runs_on_cpu(tiny: Sam, precision: str) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_masks_match_reference_on_cuda(tiny: Sam) -> None:
+def test_cuda_masks_match_reference_on_cuda(tiny: Sam, build_tiny_sam) -> None:
     """On CUDA, kernels may change reduction order with batch shape: allow a few rounding pixels."""
     model = build_tiny_sam(seed=2).cuda()
     image = blocks_image(96, 128)
@@ -402,7 +373,7 @@ def test_generate_nms_prefers_higher_predicted_iou(tiny: Sam) -> None:
 # --------------------------------------------------------------------------- annotator and options
 
 
-def test_annotator_guide_is_deterministic_and_seed_only_changes_colours(tiny: Sam) -> None:
+def test_annotator_guide_is_deterministic_and_seed_only_changes_colours(tiny: Sam, build_tiny_sam) -> None:
     image = blocks_image(96, 128)
     options = SamOptions(resolution=0, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.3, seed=5)
     annotator = SamAnnotator(options, model=tiny)

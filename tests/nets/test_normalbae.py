@@ -14,9 +14,6 @@ random network is not a trained one.)
 
 from __future__ import annotations
 
-import contextlib
-import io
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,25 +45,6 @@ def photo_input(make_photo, height: int, width: int, seed: int = 0) -> torch.Ten
     return (image - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def build_reference(calibration_input: torch.Tensor) -> torch.nn.Module:
-    """controlnet_aux's NNET in the client configuration, random weights, BatchNorm calibrated."""
-    from controlnet_aux.normalbae.nets.NNET import NNET as ReferenceNNET
-
-    args = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet",
-                                 sampling_ratio=0.4, importance_ratio=0.7)
-    torch.manual_seed(0)
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints while building
-        model = ReferenceNNET(args)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average: the statistics of the calibration batch
-    model.train()
-    with torch.no_grad():
-        model(torch.cat([calibration_input, calibration_input.flip(3)]))
-    return model.eval()
-
-
 @dataclass
 class Reference:
     model: torch.nn.Module
@@ -76,11 +54,11 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, make_photo) -> Reference:
+def reference(tmp_path_factory: pytest.TempPathFactory, make_photo, calibrated_normalbae) -> Reference:
     """The calibrated reference saved as ``scannet.pt`` is (``{"model": ...}``, keys with ``module.``),
     and its predictions of a 96x160 photo (non-square, every skip size a multiple of 32 / 2^k)."""
     image = photo_input(make_photo, 96, 160, seed=12)
-    model = build_reference(image)
+    model = calibrated_normalbae([torch.cat([image, image.flip(3)])])
     path = tmp_path_factory.mktemp("normalbae") / "scannet.pt"
     torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
     with torch.inference_mode():

@@ -48,21 +48,6 @@ def _as_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
 
 
-def original_colorize(depth: np.ndarray) -> np.ndarray:
-    """zoedepth.utils.misc.colorize with its defaults (gray_r, 2nd/85th percentiles), via matplotlib."""
-    import matplotlib
-
-    value = depth.copy()
-    invalid = value == -99
-    vmin = np.percentile(value[~invalid], 2)
-    vmax = np.percentile(value[~invalid], 85)
-    value = (value - vmin) / (vmax - vmin) if vmin != vmax else value * 0.0
-    value[invalid] = np.nan
-    image = matplotlib.colormaps["gray_r"](value, bytes=True)
-    image[invalid] = (128, 128, 128, 255)
-    return image
-
-
 @dataclass
 class Reference:
     checkpoint: Path
@@ -256,7 +241,7 @@ def test_public_api_metric16_parity(reference: Reference, ours: ZoeDepth, reuse_
     assert reuse_network == [(None, str(reference.checkpoint))]
 
 
-def test_cli_rgba_guide_parity(reference: Reference, reuse_network: list, tmp_path: Path) -> None:
+def test_cli_rgba_guide_parity(reference: Reference, reuse_network: list, tmp_path: Path, original_colorize) -> None:
     """``guides depth photo.png``: the original colouring of the original depth, |diff| <= 1 on 99.9%."""
     from click.testing import CliRunner
     from PIL import Image

@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 
-from ..errors import DeviceError, InputError, UsageError
-from ..imaging import resize_image
-from .base import Annotator, ModelOptions
+from ..errors import InputError, UsageError
+from .base import ModelOptions
+from .learned import LearnedAnnotator, check_rgb_batch
 
 if TYPE_CHECKING:
     import torch
@@ -130,9 +129,13 @@ RENDERERS = {"rgba": colorize, "gray": grayscale, "metric16": metric16}
 # ------------------------------------------------------------------------------------------- annotator
 
 
-class DepthAnnotator(Annotator):
-    """ZoeD_N metric depth, rendered as ``options.format``; one forward per batch of equal-size images."""
+class DepthAnnotator(LearnedAnnotator):
+    """ZoeD_N metric depth, rendered as ``options.format``; one forward per batch of equal-size images.
 
+    The guide has the working image's size (the input's by default: ``resolution`` 0)."""
+
+    name = "depth"
+    refuses_cpu_fp16 = False
     Options = DepthOptions
     options: DepthOptions
     cli_options = (
@@ -144,40 +147,19 @@ class DepthAnnotator(Annotator):
                      help="Reflect-pad before predicting (--no-pad: slightly faster, may show border artefacts)."),
     )
 
-    def __init__(self, options: DepthOptions, model: Any = None) -> None:
-        """Load ``ZoeD_M12_N.pt`` (weights contract: --checkpoint, models folder, hub cache, download)
-        onto ``options.device`` at ``options.precision``, or use ``model``: a built ``ZoeDepth`` (tests)."""
-        super().__init__(options)
-        if options.format not in FORMATS:
-            raise UsageError(f"depth: unknown format {options.format!r}; use one of {', '.join(FORMATS)}")
-        if options.resolution < 0:
-            raise UsageError(f"depth: resolution must be 0 or more, got {options.resolution}")
-        if options.batch_size < 1:
-            raise UsageError(f"depth: batch size must be 1 or more, got {options.batch_size}")
-        from ..devices import resolve_device, resolve_dtype
+    def check_options(self) -> None:
+        if self.options.format not in FORMATS:
+            raise UsageError(f"depth: unknown format {self.options.format!r}; use one of {', '.join(FORMATS)}")
 
-        self.device = resolve_device(options.device)
-        self.dtype = resolve_dtype(options.precision, self.device)
-        self.model = load_network(options.models_dir, options.checkpoint) if model is None else model
-        self.model = prepare_network(self.model, self.device, self.dtype)
+    def load(self) -> Any:
+        """``ZoeD_M12_N.pt`` through the weights contract (--checkpoint, models folder, hub cache, download)."""
+        return load_network(self.options.models_dir, self.options.checkpoint)
 
-    def annotate(self, image: np.ndarray) -> np.ndarray:
-        return self.annotate_batch([image])[0]
+    def prepare(self, model: Any) -> Any:
+        return prepare_network(model, self.device, self.dtype)
 
-    def annotate_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        working = [resize_image(image, self.options.resolution) for image in images]
-        render = RENDERERS[self.options.format]
-        results: list[np.ndarray | None] = [None] * len(working)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, image in enumerate(working):
-            groups.setdefault(image.shape, []).append(index)
-        for indices in groups.values():
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start : start + self.batch_size]
-                depths = self.predict(np.stack([working[i] for i in chunk]))
-                for i, depth in zip(chunk, depths):
-                    results[i] = render(depth)
-        return results  # type: ignore[return-value]
+    def finish(self, prediction: np.ndarray, image: np.ndarray) -> np.ndarray:
+        return RENDERERS[self.options.format](prediction)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Metric depth (B, H, W) float32 in metres of RGB uint8 images (B, H, W, 3) of one size."""
@@ -185,8 +167,7 @@ class DepthAnnotator(Annotator):
 
         from ..nets.zoedepth import infer_depth
 
-        if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
-            raise InputError(None, f"depth needs RGB uint8 images, got {images.dtype} of shape {images.shape[1:]}")
+        check_rgb_batch(images, "depth")
         height, width = images.shape[1:3]
         if self.options.pad and min(height, width) < MIN_PADDED_SIDE:
             raise InputError(
@@ -198,19 +179,8 @@ class DepthAnnotator(Annotator):
         batch = batch.permute(0, 3, 1, 2).float().div(255)
         depth = infer_depth(self.model, batch, pad=self.options.pad, flip=self.options.flip)
         depth = depth[:, 0].cpu().numpy()
-        if not np.isfinite(depth).all():
-            raise DeviceError(
-                f"depth: the network produced non-finite values at {self.options.precision}"
-                + ("; use --precision fp32" if self.options.precision != "fp32" else "")
-            )
+        self.check_finite(depth)
         return depth
-
-    def close(self) -> None:
-        self.model = None
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
 
 
 def load_network(models_dir: str | None = None, checkpoint: str | None = None) -> Any:

@@ -26,24 +26,19 @@ import numpy as np
 
 from ..errors import UsageError
 from ..imaging import resize_image
-from . import sam_common
-from .base import Annotator, ModelOptions
 from .sam_common import (
-    MODEL_TYPES,
     Box,
     BoxType,
     Point,
     PointType,
+    SamEngineAnnotator,
+    SamModelOptions,
     automatic_subject,
     best_of_three,
-    check_generator_options,
-    check_model,
-    engine_for,
     finish_mask,
-    generator_cli_options,
-    generator_settings,
     normalize_box,
     normalize_points,
+    sam_cli_options,
     scale_prompts,
 )
 
@@ -51,10 +46,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskOptions(ModelOptions):
+class MaskOptions(SamModelOptions):
     resolution: int = 0
     """0 (default) keeps the input size, so the mask fits the image it was made from."""
-    model: str = "vit_h"
     points: tuple[Point, ...] = ()
     """Points on the subject, (x, y) pixels of the input image (``"X,Y"`` strings are accepted too)."""
     negative_points: tuple[Point, ...] = ()
@@ -67,26 +61,21 @@ class MaskOptions(ModelOptions):
     """Grow the white area by N pixels (negative: shrink it)."""
     feather: int = 0
     """Blur the edge over about N pixels (0: a hard, binary mask)."""
-    points_per_side: int = 32
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    min_region_area: int = 0
 
 
-class MaskAnnotator(Annotator):
+class MaskAnnotator(SamEngineAnnotator):
     """Subject mask (uint8 (H, W), 0 keep / 255 repaint) from prompts or the automatic rule."""
 
     Options = MaskOptions
     options: MaskOptions
     cli_options = (
-        click.option("--model", type=click.Choice(MODEL_TYPES), default="vit_h", show_default=True, help="SAM backbone."),
         click.option("--point", "points", type=PointType(), multiple=True, help="A pixel on the subject (repeatable). Without --point/--box, the subject is the automatic mask covering the image centre with the best predicted IoU."),
         click.option("--negative-point", "negative_points", type=PointType(), multiple=True, help="A pixel not on the subject (repeatable)."),
         click.option("--box", type=BoxType(), default=None, help="A box around the subject."),
         click.option("--invert", is_flag=True, help="Repaint the subject (white) and keep the rest."),
         click.option("--dilate", type=click.IntRange(-1024, 1024), default=0, show_default=True, help="Grow the white area by N pixels (negative shrinks it)."),
         click.option("--feather", type=click.IntRange(0, 1024), default=0, show_default=True, help="Soften the edge over about N pixels (no longer binary)."),
-        *generator_cli_options(),
+        *sam_cli_options(),
     )
 
     def __init__(self, options: MaskOptions, model: Any = None) -> None:
@@ -97,15 +86,11 @@ class MaskAnnotator(Annotator):
             negative_points=normalize_points(options.negative_points, "negative_points"),
             box=normalize_box(options.box),
         )
-        super().__init__(options)
-        check_model(options.model)
-        check_generator_options(options.points_per_side, options.pred_iou_thresh, options.stability_score_thresh, options.min_region_area)
-        if options.feather < 0:
-            raise UsageError(f"feather must be 0 or more, got {options.feather}")
-        if model is None:
-            self.engine = sam_common.load_engine(options.model, options.device, options.precision, options.models_dir, options.checkpoint)
-        else:
-            self.engine = engine_for(model, options.precision)
+        super().__init__(options, model)
+
+    def check_options(self) -> None:
+        if self.options.feather < 0:
+            raise UsageError(f"feather must be 0 or more, got {self.options.feather}")
 
     @property
     def has_prompts(self) -> bool:
@@ -123,11 +108,7 @@ class MaskAnnotator(Annotator):
         if self.has_prompts:
             labels = [1] * len(options.points) + [0] * len(options.negative_points)
             return self._predict(points, labels, box)
-        settings = generator_settings(
-            self.engine, (height, width), options.points_per_side, options.pred_iou_thresh,
-            options.stability_score_thresh, options.min_region_area,
-        )
-        segments = self.engine.generate(settings)
+        segments = self.automatic_segments(working)
         chosen = automatic_subject(segments, height, width)
         if chosen is not None:
             log.debug("automatic subject: mask %d of %d", chosen, len(segments))
@@ -145,6 +126,3 @@ class MaskAnnotator(Annotator):
     def annotate(self, image: np.ndarray) -> np.ndarray:
         options = self.options
         return finish_mask(self.subject(image), invert=options.invert, dilate=options.dilate, feather=options.feather)
-
-    def close(self) -> None:
-        self.engine.reset()

@@ -21,22 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DeviceError
-from ..imaging import resize_image, resize_to
-from .base import Annotator, ModelOptions
-from .lineart import (
-    check_model_options,
-    check_rgb_batch,
-    group_by_working_size,
-    pad_to_multiple,
-    refuse_cpu_fp16,
-    working_size,
-)
+from ..imaging import resize_to
+from .base import ModelOptions
+from .learned import LearnedAnnotator, check_rgb_batch, pad_to_multiple
 
 if TYPE_CHECKING:
     import torch
@@ -54,40 +45,22 @@ class NormalsOptions(ModelOptions):
     """NormalBae has no options of its own beyond the learned annotators' common ones."""
 
 
-class NormalsAnnotator(Annotator):
+class NormalsAnnotator(LearnedAnnotator):
     """NormalBae surface normals; one forward per batch of images with the same working size."""
 
+    name = "normals"
     Options = NormalsOptions
     options: NormalsOptions
 
-    def __init__(self, options: NormalsOptions, model: Any = None) -> None:
-        """Load ``scannet.pt`` through the weights contract (--checkpoint, models folder, hub cache,
-        download) onto ``options.device``, or use ``model``: a built ``NNET`` (tests)."""
-        super().__init__(options)
-        check_model_options("normals", options)
-        from ..devices import resolve_device, resolve_dtype
+    def load(self) -> Any:
+        """``scannet.pt`` through the weights contract (--checkpoint, models folder, hub cache, download)."""
+        return load_network(self.options.models_dir, self.options.checkpoint)
 
-        self.device = resolve_device(options.device)
-        self.dtype = resolve_dtype(options.precision, self.device)
-        refuse_cpu_fp16("normals", self.device, self.dtype)
-        if model is None:
-            model = load_network(options.models_dir, options.checkpoint)
-        self.model = prepare_network(model, self.device, self.dtype)
+    def prepare(self, model: Any) -> Any:
+        return prepare_network(model, self.device, self.dtype)
 
-    def batch_key(self, image: np.ndarray) -> Hashable:
-        return working_size(image.shape[0], image.shape[1], self.options.resolution)
-
-    def annotate(self, image: np.ndarray) -> np.ndarray:
-        return self.annotate_batch([image])[0]
-
-    def annotate_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        working = [resize_image(image, self.options.resolution) for image in images]
-        results: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
-        for chunk in group_by_working_size([w.shape[:2] for w in working], self.batch_size):
-            normals = self.predict(np.stack([working[i] for i in chunk]))
-            for i, normal in zip(chunk, normals):
-                results[i] = resize_to(normal, (images[i].shape[1], images[i].shape[0]))
-        return results
+    def finish(self, prediction: np.ndarray, image: np.ndarray) -> np.ndarray:
+        return resize_to(prediction, (image.shape[1], image.shape[0]))
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Normal maps (B, H, W, 3) uint8 of RGB uint8 images (B, H, W, 3) of one size."""
@@ -103,21 +76,10 @@ class NormalsAnnotator(Annotator):
             std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
             features = self.model.encoder((batch - mean) / std)
             normal = self.model.decoder([f.to(self.dtype) for f in features])[-1][:, :3, :height, :width]
-            if not bool(torch.isfinite(normal).all()):
-                raise DeviceError(
-                    f"normals: the network produced non-finite values at {self.options.precision}"
-                    + ("; use --precision fp32" if self.options.precision != "fp32" else "")
-                )
+            self.check_finite(normal)
             rgb = ((normal.float() + 1) * 0.5).clamp_(0, 1)
             rgb = (rgb * 255.0).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         return rgb.cpu().numpy()
-
-    def close(self) -> None:
-        self.model = None
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
 
 
 def load_network(models_dir: str | None = None, checkpoint: str | None = None) -> Any:

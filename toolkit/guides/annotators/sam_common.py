@@ -6,6 +6,7 @@ Imports only numpy, OpenCV and click; torch and segment_anything are imported by
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import weakref
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError, UsageError
+from .base import Annotator, ModelOptions
 
 if TYPE_CHECKING:
     from ..nets.sam_fast import SamEngine, Segments
@@ -120,6 +122,59 @@ def generator_cli_options() -> list[Any]:
         click.option("--min-region-area", type=click.IntRange(0), default=0, show_default=True,
                      help="Remove holes and islands smaller than this many pixels from each mask (0: off)."),
     ]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamModelOptions(ModelOptions):
+    """What ``guides sam`` and ``guides mask`` share: the backbone and the automatic generator's knobs
+    (segment_anything's defaults)."""
+
+    model: str = "vit_h"
+    """SAM backbone: vit_h (default, as the ControlNet SAM guides), vit_l or vit_b."""
+    points_per_side: int = 32
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    min_region_area: int = 0
+    """segment_anything's ``min_mask_region_area``: holes and islands smaller than this are removed."""
+
+
+def sam_cli_options() -> list[Any]:
+    """``--model`` and the generator's options (``generator_cli_options``)."""
+    return [
+        click.option("--model", type=click.Choice(MODEL_TYPES), default="vit_h", show_default=True, help="SAM backbone."),
+        *generator_cli_options(),
+    ]
+
+
+class SamEngineAnnotator(Annotator):
+    """An annotator on a ``SamEngine``: loaded (or shared) once, one image embedding per image."""
+
+    options: SamModelOptions
+
+    def __init__(self, options: SamModelOptions, model: Any = None) -> None:
+        """Load the checkpoint of ``options.model`` (weights contract), or use ``model``: a built
+        segment_anything ``Sam`` or a ``SamEngine`` shared with another annotator."""
+        super().__init__(options)
+        check_model(options.model)
+        check_generator_options(options.points_per_side, options.pred_iou_thresh, options.stability_score_thresh, options.min_region_area)
+        self.check_options()
+        if model is None:
+            self.engine = load_engine(options.model, options.device, options.precision, options.models_dir, options.checkpoint)
+        else:
+            self.engine = engine_for(model, options.precision)
+
+    def check_options(self) -> None:
+        """Refuse the subclass's own bad option values (UsageError), before any loading."""
+
+    def automatic_segments(self, working: np.ndarray) -> Segments:
+        """segment_anything's automatic masks of ``working``, whose embedding the engine holds."""
+        options = self.options
+        settings = generator_settings(self.engine, working.shape[:2], options.points_per_side, options.pred_iou_thresh,
+                                      options.stability_score_thresh, options.min_region_area)
+        return self.engine.generate(settings)
+
+    def close(self) -> None:
+        self.engine.reset()
 
 
 # ------------------------------------------------------------------------------------------ colours

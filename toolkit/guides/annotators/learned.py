@@ -1,0 +1,152 @@
+"""What the annotators that run one network per batch (lineart, normals, depth) share.
+
+ControlNet's working size, padding to the sides a network accepts, batching images by working size,
+option and precision checks, and the ``annotate``/``annotate_batch``/``close`` plumbing. A subclass
+says how to load its network (``load``/``prepare``), how to run it on a batch of working images of one
+size (``predict``) and how to turn one prediction into the guide (``finish``).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ..errors import DeviceError, InputError, UsageError
+from ..imaging import resize_image
+from .base import Annotator, ModelOptions
+
+if TYPE_CHECKING:
+    import torch
+
+
+def working_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """(height, width) of ``resize_image(image, resolution)`` for an image of that size, without resizing."""
+    if resolution <= 0:
+        return height, width
+    scale = float(resolution) / min(height, width)
+    return int(np.round(height * scale / 64.0)) * 64, int(np.round(width * scale / 64.0)) * 64
+
+
+def pad_to_multiple(images: np.ndarray, multiple: int, minimum: int = 0) -> np.ndarray:
+    """Pad (B, H, W, C) images at the bottom and right to sides that are multiples of ``multiple`` and
+    at least ``minimum`` (reflected where the image is large enough, else repeated edge pixels)."""
+    height, width = images.shape[1:3]
+    pad_h = max(minimum - height, 0) + (-max(height, minimum)) % multiple
+    pad_w = max(minimum - width, 0) + (-max(width, minimum)) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return images
+    mode = "reflect" if min(height, width) > 1 else "edge"
+    return np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+
+
+def check_rgb_batch(images: np.ndarray, name: str) -> None:
+    """Refuse anything but a (B, H, W, 3) uint8 batch (the one-line error the batch engine reports)."""
+    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+        raise InputError(None, f"{name} needs RGB uint8 images, got {images.dtype} of shape {images.shape[1:]}")
+
+
+def check_model_options(name: str, options: ModelOptions) -> None:
+    """Refuse option values no model run can use, with the one-line message users see."""
+    if options.resolution < 0:
+        raise UsageError(f"{name}: resolution must be 0 or more, got {options.resolution}")
+    if options.batch_size < 1:
+        raise UsageError(f"{name}: batch size must be 1 or more, got {options.batch_size}")
+
+
+def refuse_cpu_fp16(name: str, device: torch.device, dtype: torch.dtype) -> None:
+    """fp16 convolutions on the CPU are about 20x slower than fp32 in PyTorch: refuse, suggest bf16."""
+    import torch
+
+    if device.type == "cpu" and dtype == torch.float16:
+        raise DeviceError(
+            f"{name}: fp16 on the CPU has no fast convolution kernels (about 20x slower than fp32); "
+            "use --precision bf16 or fp32"
+        )
+
+
+def group_by_working_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Indices of images in chunks of at most ``batch_size`` that share a working size (input order kept)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, size in enumerate(sizes):
+        groups.setdefault(size, []).append(index)
+    return [indices[start : start + batch_size] for indices in groups.values() for start in range(0, len(indices), batch_size)]
+
+
+class LearnedAnnotator(Annotator):
+    """A network run once per batch of images that share a working size, on ``options.device`` at
+    ``options.precision``; the network is loaded once, when the annotator is built."""
+
+    #: The annotator's name in messages (``lineart: ...``).
+    name: ClassVar[str]
+    #: Whether ``--precision fp16`` on the CPU is refused (convolutional networks: no fast kernels).
+    refuses_cpu_fp16: ClassVar[bool] = True
+    options: ModelOptions
+
+    def __init__(self, options: ModelOptions, model: Any = None) -> None:
+        """Load the network through the weights contract (``load``), or use ``model`` (tests), and
+        ``prepare`` it for ``options.device`` and ``options.precision``."""
+        super().__init__(options)
+        check_model_options(self.name, options)
+        self.check_options()
+        from ..devices import resolve_device, resolve_dtype
+
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.precision, self.device)
+        if self.refuses_cpu_fp16:
+            refuse_cpu_fp16(self.name, self.device, self.dtype)
+        self.model = self.prepare(self.load() if model is None else model)
+
+    def check_options(self) -> None:
+        """Refuse the subclass's own bad option values (UsageError), before any loading."""
+
+    @abstractmethod
+    def load(self) -> Any:
+        """The network, loaded strictly from its checkpoint (CPU, fp32)."""
+
+    @abstractmethod
+    def prepare(self, model: Any) -> Any:
+        """``model`` ready for inference on ``self.device`` at ``self.dtype``."""
+
+    @abstractmethod
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """The network's predictions for RGB uint8 working images (B, H, W, 3) of one size."""
+
+    @abstractmethod
+    def finish(self, prediction: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """The guide of ``image`` (the input, before resizing) from its ``prediction``."""
+
+    def batch_key(self, image: np.ndarray) -> Hashable:
+        return working_size(image.shape[0], image.shape[1], self.options.resolution)
+
+    def annotate(self, image: np.ndarray) -> np.ndarray:
+        return self.annotate_batch([image])[0]
+
+    def annotate_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        working = [resize_image(image, self.options.resolution) for image in images]
+        results: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
+        for chunk in group_by_working_size([w.shape[:2] for w in working], self.batch_size):
+            predictions = self.predict(np.stack([working[i] for i in chunk]))
+            for i, prediction in zip(chunk, predictions):
+                results[i] = self.finish(prediction, images[i])
+        return results
+
+    def check_finite(self, values: torch.Tensor | np.ndarray) -> None:
+        """A DeviceError naming the precision when the network overflowed (fp16/bf16) or broke."""
+        import torch
+
+        finite = bool(torch.isfinite(values).all()) if isinstance(values, torch.Tensor) else bool(np.isfinite(values).all())
+        if not finite:
+            raise DeviceError(
+                f"{self.name}: the network produced non-finite values at {self.options.precision}"
+                + ("; use --precision fp32" if self.options.precision != "fp32" else "")
+            )
+
+    def close(self) -> None:
+        self.model = None
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
