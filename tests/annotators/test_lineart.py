@@ -235,3 +235,27 @@ def test_cli_and_python_api(reference: Reference, tmp_path: Path, make_photo) ->
     (tmp_path / "empty").mkdir()
     missing = invoke("lineart", str(photo), "--models-dir", str(tmp_path / "empty"), "-q")
     assert missing.exit_code == 2 and "sk_model.pth" in missing.output
+
+
+def test_oversized_working_size_fails_that_file_only(reference: Reference, tmp_path: Path, make_photo) -> None:
+    """A 3 x 700 strip at --resolution 512 would become 512 x 119488 (61 Mpx: enough activations to get the
+    process killed); it is refused before any resizing with one line naming it, and the batch goes on."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(make_photo(5, 3, 700)).save(folder / "strip.png")
+    Image.fromarray(make_photo(6, 64, 80)).save(folder / "fine.png")
+    out = tmp_path / "out"
+    result = invoke("lineart", str(folder), "--models-dir", str(reference.models_dir), "--device", "cpu",
+                    "--batch-size", "2", "-o", str(out), "-q")
+    assert result.exit_code == 1, result.output
+    failures = [line for line in result.output.splitlines() if line.startswith("failed:")]
+    assert failures == [
+        f"failed: {folder / 'strip.png'}: 700x3 image: working size 119488x512 at --resolution 512 has "
+        "61,177,856 pixels, over the lineart limit of 16,777,216 (use a smaller --resolution or raise --max-working-pixels)"
+    ], result.output
+    assert sorted(p.name for p in out.iterdir()) == ["fine.png"]
+    # The limit is an option: a lower one refuses the ordinary image too, at its own size.
+    lowered = invoke("lineart", str(folder / "fine.png"), "--models-dir", str(reference.models_dir), "--device", "cpu",
+                     "--resolution", "0", "--max-working-pixels", "5000", "-o", str(tmp_path / "x.png"), "-q")
+    assert lowered.exit_code == 1
+    assert "80x64 image: working size 80x64 at its own size has 5,120 pixels, over the lineart limit of 5,000" in lowered.output

@@ -239,3 +239,20 @@ def test_cli_and_api_parse_points_and_flags(tiny: Sam, tmp_path, monkeypatch: py
     assert bad.exit_code == 2 and "a point must be 2 comma-separated numbers" in bad.output
     guide = guides.sam(source, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     assert guide.mode == "RGB" and guide.size == (704, 512)  # default working size: short side 512, sides to multiples of 64
+
+
+def test_oversized_working_size_is_refused_before_encoding(tiny: Sam) -> None:
+    """sam and mask refuse an image whose working size is over the limit (one InputError for that file),
+    before the image is resized or encoded; the default limit lets ordinary images through."""
+    from guides.annotators.sam import SamAnnotator, SamOptions
+
+    strip = np.full((3, 700, 3), 90, dtype=np.uint8)
+    annotator = SamAnnotator(SamOptions(resolution=512, points_per_side=4), model=tiny)
+    with pytest.raises(InputError, match=r"700x3 image: working size 119488x512 at --resolution 512 has "
+                                         r"61,177,856 pixels, over the sam limit of 33,554,432"):
+        annotator.annotate(strip)
+    assert not annotator.engine.predictor.is_image_set
+    masker = MaskAnnotator(MaskOptions(points=((10, 10),), max_working_pixels=12_000), model=tiny)
+    with pytest.raises(InputError, match=r"128x96 image: working size 128x96 at its own size has 12,288 pixels, over the mask limit"):
+        masker.annotate(blocks_image(96, 128))
+    assert MaskAnnotator(MaskOptions(points=((10, 10),)), model=tiny).annotate(blocks_image(96, 128)).shape == (96, 128)

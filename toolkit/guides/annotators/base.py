@@ -74,3 +74,7 @@ class ModelOptions(AnnotatorOptions):
     """Flat folder of checkpoints under their hub file names (else GUIDES_MODELS_DIR, hub cache)."""
     checkpoint: str | None = None
     """An explicit checkpoint file, overriding every lookup."""
+    max_working_pixels: int | None = None
+    """Refuse an image whose working size has more pixels (None: the annotator's own limit, sized to keep
+    its memory to about 10 GB at fp32). Guards against extreme aspect ratios, which ``resolution``
+    enlarges enormously (a 3 x 700 strip at 512 becomes 512 x 119488), and huge inputs at resolution 0."""

@@ -67,6 +67,25 @@ def refuse_cpu_fp16(name: str, device: torch.device, dtype: torch.dtype) -> None
         )
 
 
+def check_working_pixels(name: str, height: int, width: int, resolution: int, limit: int) -> None:
+    """Refuse an image whose working size has more than ``limit`` pixels (an InputError: the batch
+    reports that file and goes on), before anything of that size is allocated."""
+    working_h, working_w = working_size(height, width, resolution)
+    if working_h * working_w > limit:
+        how = f"at --resolution {resolution}" if resolution > 0 else "at its own size"
+        raise InputError(
+            None,
+            f"{width}x{height} image: working size {working_w}x{working_h} {how} has "
+            f"{working_h * working_w:,} pixels, over the {name} limit of {limit:,} "
+            "(use a smaller --resolution or raise --max-working-pixels)",
+        )
+
+
+def working_pixels_limit(options: ModelOptions, default: int) -> int:
+    """``options.max_working_pixels``, else the annotator's ``default``."""
+    return default if options.max_working_pixels is None else options.max_working_pixels
+
+
 def group_by_working_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
     """Indices of images in chunks of at most ``batch_size`` that share a working size (input order kept)."""
     groups: dict[tuple[int, int], list[int]] = {}
@@ -83,6 +102,8 @@ class LearnedAnnotator(Annotator):
     name: ClassVar[str]
     #: Whether ``--precision fp16`` on the CPU is refused (convolutional networks: no fast kernels).
     refuses_cpu_fp16: ClassVar[bool] = True
+    #: Working pixels allowed unless ``options.max_working_pixels`` says otherwise (about 10 GB at fp32).
+    default_max_working_pixels: ClassVar[int]
     options: ModelOptions
 
     def __init__(self, options: ModelOptions, model: Any = None) -> None:
@@ -125,6 +146,9 @@ class LearnedAnnotator(Annotator):
         return self.annotate_batch([image])[0]
 
     def annotate_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        limit = working_pixels_limit(self.options, self.default_max_working_pixels)
+        for image in images:
+            check_working_pixels(self.name, image.shape[0], image.shape[1], self.options.resolution, limit)
         working = [resize_image(image, self.options.resolution) for image in images]
         results: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
         for chunk in group_by_working_size([w.shape[:2] for w in working], self.batch_size):

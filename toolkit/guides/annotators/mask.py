@@ -25,7 +25,6 @@ import click
 import numpy as np
 
 from ..errors import UsageError
-from ..imaging import resize_image
 from .sam_common import (
     Box,
     BoxType,
@@ -66,6 +65,7 @@ class MaskOptions(SamModelOptions):
 class MaskAnnotator(SamEngineAnnotator):
     """Subject mask (uint8 (H, W), 0 keep / 255 repaint) from prompts or the automatic rule."""
 
+    name = "mask"
     Options = MaskOptions
     options: MaskOptions
     cli_options = (
@@ -99,7 +99,7 @@ class MaskAnnotator(SamEngineAnnotator):
     def subject(self, image: np.ndarray) -> np.ndarray:
         """The subject of ``image`` as bool (H, W) at the working size (see the module doc for the rule)."""
         options = self.options
-        working = resize_image(image, options.resolution)
+        working = self.working_image(image)
         height, width = working.shape[:2]
         points, box = scale_prompts(
             list(options.points) + list(options.negative_points), options.box, image.shape[:2], (height, width)

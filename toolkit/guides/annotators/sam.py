@@ -16,7 +16,6 @@ import click
 import numpy as np
 
 from ..errors import UsageError
-from ..imaging import resize_image
 from .sam_common import SamEngineAnnotator, SamModelOptions, paint_segments, sam_cli_options
 
 if TYPE_CHECKING:
@@ -32,6 +31,7 @@ class SamOptions(SamModelOptions):
 class SamAnnotator(SamEngineAnnotator):
     """Automatic SAM masks painted as a segment guide (RGB uint8 at the working size)."""
 
+    name = "sam"
     Options = SamOptions
     options: SamOptions
     cli_options = (
@@ -45,7 +45,7 @@ class SamAnnotator(SamEngineAnnotator):
 
     def segments(self, image: np.ndarray) -> Segments:
         """The automatic masks of ``image`` at the working size, in segment_anything's order."""
-        working = resize_image(image, self.options.resolution)
+        working = self.working_image(image)
         self.engine.set_image(working)
         return self.automatic_segments(working)
 

@@ -12,14 +12,16 @@ import math
 import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 import cv2
 import numpy as np
 
 from ..errors import InputError, UsageError
+from ..imaging import resize_image
 from .base import Annotator, ModelOptions
+from .learned import check_working_pixels, working_pixels_limit
 
 if TYPE_CHECKING:
     from ..nets.sam_fast import SamEngine, Segments
@@ -149,7 +151,13 @@ def sam_cli_options() -> list[Any]:
 class SamEngineAnnotator(Annotator):
     """An annotator on a ``SamEngine``: loaded (or shared) once, one image embedding per image."""
 
+    #: The annotator's name in messages.
+    name: ClassVar[str]
+
     options: SamModelOptions
+    #: 33.5 Mpx: the network runs at 1024 px; at the working size, masks are upsampled 16 at a time
+    #: (64 bytes a pixel) and kept as booleans.
+    default_max_working_pixels: ClassVar[int] = 1 << 25
 
     def __init__(self, options: SamModelOptions, model: Any = None) -> None:
         """Load the checkpoint of ``options.model`` (weights contract), or use ``model``: a built
@@ -165,6 +173,12 @@ class SamEngineAnnotator(Annotator):
 
     def check_options(self) -> None:
         """Refuse the subclass's own bad option values (UsageError), before any loading."""
+
+    def working_image(self, image: np.ndarray) -> np.ndarray:
+        """``image`` at the working size (``options.resolution``), refused when that is too large."""
+        limit = working_pixels_limit(self.options, self.default_max_working_pixels)
+        check_working_pixels(self.name, image.shape[0], image.shape[1], self.options.resolution, limit)
+        return resize_image(image, self.options.resolution)
 
     def automatic_segments(self, working: np.ndarray) -> Segments:
         """segment_anything's automatic masks of ``working``, whose embedding the engine holds."""

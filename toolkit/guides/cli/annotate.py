@@ -49,6 +49,8 @@ def model_options(defaults: ModelOptions) -> list[Callable[[Callable[..., Any]],
         click.option("--batch-size", type=click.IntRange(1, 1024), default=defaults.batch_size, show_default=True, help="Images of the same working size per forward pass."),
         click.option("--models-dir", type=click.Path(file_okay=False, path_type=str), envvar="GUIDES_MODELS_DIR", default=None, help="Flat folder of checkpoints under their hub file names [env: GUIDES_MODELS_DIR]."),
         click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=str), default=None, help="Use this checkpoint file."),
+        click.option("--max-working-pixels", type=click.IntRange(1), default=None,
+                     help="Refuse images whose working size (after --resolution) has more pixels [default: the annotator's limit]."),
     ]
 
 
