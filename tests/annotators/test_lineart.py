@@ -259,3 +259,7 @@ def test_oversized_working_size_fails_that_file_only(reference: Reference, tmp_p
                      "--resolution", "0", "--max-working-pixels", "5000", "-o", str(tmp_path / "x.png"), "-q")
     assert lowered.exit_code == 1
     assert "80x64 image: working size 80x64 at its own size has 5,120 pixels, over the lineart limit of 5,000" in lowered.output
+    # guides run passes the limit on to every annotator that has one.
+    run = invoke("run", "lineart", str(folder / "fine.png"), "--models-dir", str(reference.models_dir), "--device", "cpu",
+                 "--resolution", "0", "--max-working-pixels", "5000", "-o", str(tmp_path / "run"), "-q")
+    assert run.exit_code == 1 and "over the lineart limit of 5,000" in run.output, run.output

@@ -88,6 +88,7 @@ def annotator_command(spec: AnnotatorSpec) -> click.Command:
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None)
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=None)
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=str), envvar="GUIDES_MODELS_DIR", default=None)
+@click.option("--max-working-pixels", type=click.IntRange(1), default=None, help="Refuse images whose working size has more pixels [default: each annotator's limit].")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="ray: Ray Data (pip install \"controlnet-guides[ray]\"); same outputs and rules.")
 @click.option("--ray-address", default=None, help="Ray cluster to use (e.g. ray://head:10001) [default: start a local Ray runtime].")
 @click.option("--num-gpus-per-worker", type=click.FloatRange(0, 64), default=0.0, help="GPU fraction per annotator actor on Ray (learned annotators), e.g. 0.25.")
