@@ -250,3 +250,16 @@ def test_cuda_fp16_close_to_cpu_fp32(tiny: ZoeDepth, make_photo) -> None:
     depth = DepthAnnotator(DepthOptions(device="cuda", precision="fp16"), model=tiny).predict(image[None])
     assert float(np.max(np.abs(depth - reference) / reference)) < 0.02
     prepare_network(tiny, torch.device("cpu"), torch.float32)
+
+
+def test_extreme_aspect_ratio_is_refused_before_the_network(tiny: ZoeDepth) -> None:
+    """ZoeDepth keeps the aspect ratio and scales as little as possible towards its nominal size, so a
+    long strip would run at a huge size (attention over tens of thousands of tokens): refused with one line.
+    A 7:1 panorama still runs."""
+    strip = np.full((100, 3000, 3), 120, dtype=np.uint8)
+    annotator = _annotator(tiny)
+    with pytest.raises(InputError, match=r"3000x100 image: the depth network would run at 2176x96 \(208,896 pixels, "
+                                         r"over its limit of 61,440\): the aspect ratio is too extreme; crop the image"):
+        annotator.annotate(strip)
+    panorama = np.random.default_rng(0).integers(0, 255, (96, 672, 3), dtype=np.uint8)
+    assert annotator.annotate(panorama).shape == (96, 672, 4)

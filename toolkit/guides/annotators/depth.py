@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 FORMATS = ("rgba", "gray", "metric16")
 MIN_PADDED_SIDE = 5
 """Reflect padding by int(sqrt(side / 2) * 3) needs a side of at least 5 pixels."""
+MAX_NETWORK_AREA = 5
+"""The network's input may have at most this many times its nominal area (384 x 512). ZoeDepth scales an
+image as little as possible towards that size, keeping the aspect ratio, so a very elongated image (a
+300 x 100000 strip runs at 384 x 128000) would give the BEiT tens of thousands of tokens and attention
+matrices of hundreds of GB; 5x (about 3,800 tokens, a 7:1 panorama) keeps them under about 2 GB."""
 _INVALID_DEPTH = -99.0
 _BACKGROUND = 128
 """The original colouring marks depth == -99 as invalid and paints it grey (128, 128, 128, 255)."""
@@ -177,12 +182,29 @@ class DepthAnnotator(LearnedAnnotator):
                 f"image is {width}x{height}: depth with padding needs at least {MIN_PADDED_SIDE}x{MIN_PADDED_SIDE} "
                 f"pixels (use --no-pad or --resolution)",
             )
+        self.check_network_size(height, width)
         batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         batch = batch.permute(0, 3, 1, 2).float().div(255)
         depth = infer_depth(self.model, batch, pad=self.options.pad, flip=self.options.flip)
         depth = depth[:, 0].cpu().numpy()
         self.check_finite(depth)
         return depth
+
+    def check_network_size(self, height: int, width: int) -> None:
+        """Refuse (InputError) an image the network would run at over ``MAX_NETWORK_AREA`` times its
+        nominal size: extreme aspect ratios, which ``--resolution`` does not change."""
+        from ..nets.zoedepth import network_input_size, padding_for
+
+        config = self.model.config
+        pad_h, pad_w = padding_for(height, width) if self.options.pad else (0, 0)
+        net_h, net_w = network_input_size(height + 2 * pad_h, width + 2 * pad_w, config)
+        limit = MAX_NETWORK_AREA * config.net_height * config.net_width
+        if net_h * net_w > limit:
+            raise InputError(
+                None,
+                f"{width}x{height} image: the depth network would run at {net_w}x{net_h} ({net_h * net_w:,} pixels, "
+                f"over its limit of {limit:,}): the aspect ratio is too extreme; crop the image",
+            )
 
 
 def load_network(models_dir: str | None = None, checkpoint: str | None = None) -> Any:
