@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from guides.errors import InputError, OutputError
+from guides.errors import InputError, OutputError, UsageError
 from guides.imaging import (
     composite_alpha_on_white,
     decode_image,
@@ -77,6 +77,12 @@ def test_api_arrays_are_rgb() -> None:
     assert to_rgb_array(Image.new("RGB", (4, 3), (1, 2, 3)))[0, 0].tolist() == [1, 2, 3]
     with pytest.raises(Exception, match="uint8, uint16 or bool"):
         to_rgb_array(np.zeros((3, 4), np.float32))
+    with pytest.raises(UsageError, match=r"the image has no pixels \(0x5\)"):
+        to_rgb_array(np.zeros((5, 0, 3), np.uint8))
+    with pytest.raises(UsageError, match=r"the image has no pixels \(0x0\)"):
+        to_rgb_array(Image.new("RGB", (0, 0)))
+    with pytest.raises(UsageError, match="the image has 12 pixels, over the limit of 11"):
+        to_rgb_array(gray, max_pixels=11)
 
 
 @pytest.mark.parametrize(

@@ -79,10 +79,16 @@ def to_rgb_array(image: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
     if isinstance(image, (str, os.PathLike)):
         return load_image(image, max_pixels)
     if isinstance(image, Image.Image):
-        return pil_to_rgb(image)
-    if isinstance(image, np.ndarray):
-        return array_to_rgb(image)
-    raise UsageError(f"expected a path, a PIL image or a numpy array, got {type(image).__name__}")
+        rgb = pil_to_rgb(image)
+    elif isinstance(image, np.ndarray):
+        rgb = array_to_rgb(image)
+    else:
+        raise UsageError(f"expected a path, a PIL image or a numpy array, got {type(image).__name__}")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise UsageError(f"the image has no pixels ({rgb.shape[1]}x{rgb.shape[0]})")
+    if rgb.shape[0] * rgb.shape[1] > max_pixels:
+        raise UsageError(f"the image has {rgb.shape[0] * rgb.shape[1]:,} pixels, over the limit of {max_pixels:,}")
+    return rgb
 
 
 def array_to_rgb(array: np.ndarray) -> np.ndarray:
