@@ -140,7 +140,8 @@ class DepthAnnotator(LearnedAnnotator):
     The guide has the working image's size (the input's by default: ``resolution`` 0)."""
 
     name = "depth"
-    #: 67 Mpx: the network runs at a fixed size; at full size only the padded, flipped input and the prediction (about 70 bytes a pixel).
+    #: 67 Mpx: the network runs at about 384 x 512; at the working size only the padded, flipped input and
+    #: the prediction (about 70 bytes a pixel).
     default_max_working_pixels = 1 << 26
     refuses_cpu_fp16 = False
     Options = DepthOptions

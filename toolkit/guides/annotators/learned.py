@@ -81,9 +81,13 @@ def check_working_pixels(name: str, height: int, width: int, resolution: int, li
         )
 
 
-def working_pixels_limit(options: ModelOptions, default: int) -> int:
-    """``options.max_working_pixels``, else the annotator's ``default``."""
-    return default if options.max_working_pixels is None else options.max_working_pixels
+def working_image(name: str, image: np.ndarray, options: ModelOptions, default_limit: int) -> np.ndarray:
+    """``image`` resized to its working size (``options.resolution``), after refusing it when that size has
+    more pixels than ``options.max_working_pixels`` (else ``default_limit``): the one place every
+    annotator that runs a network gets its working image."""
+    limit = default_limit if options.max_working_pixels is None else options.max_working_pixels
+    check_working_pixels(name, image.shape[0], image.shape[1], options.resolution, limit)
+    return resize_image(image, options.resolution)
 
 
 def group_by_working_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
@@ -146,10 +150,7 @@ class LearnedAnnotator(Annotator):
         return self.annotate_batch([image])[0]
 
     def annotate_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        limit = working_pixels_limit(self.options, self.default_max_working_pixels)
-        for image in images:
-            check_working_pixels(self.name, image.shape[0], image.shape[1], self.options.resolution, limit)
-        working = [resize_image(image, self.options.resolution) for image in images]
+        working = [working_image(self.name, image, self.options, self.default_max_working_pixels) for image in images]
         results: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
         for chunk in group_by_working_size([w.shape[:2] for w in working], self.batch_size):
             predictions = self.predict(np.stack([working[i] for i in chunk]))

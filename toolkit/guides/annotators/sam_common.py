@@ -19,9 +19,8 @@ import cv2
 import numpy as np
 
 from ..errors import InputError, UsageError
-from ..imaging import resize_image
 from .base import Annotator, ModelOptions
-from .learned import check_working_pixels, working_pixels_limit
+from .learned import working_image
 
 if TYPE_CHECKING:
     from ..nets.sam_fast import SamEngine, Segments
@@ -176,9 +175,7 @@ class SamEngineAnnotator(Annotator):
 
     def working_image(self, image: np.ndarray) -> np.ndarray:
         """``image`` at the working size (``options.resolution``), refused when that is too large."""
-        limit = working_pixels_limit(self.options, self.default_max_working_pixels)
-        check_working_pixels(self.name, image.shape[0], image.shape[1], self.options.resolution, limit)
-        return resize_image(image, self.options.resolution)
+        return working_image(self.name, image, self.options, self.default_max_working_pixels)
 
     def automatic_segments(self, working: np.ndarray) -> Segments:
         """segment_anything's automatic masks of ``working``, whose embedding the engine holds."""
