@@ -52,3 +52,21 @@ class DeviceError(GuidesError):
     """The requested device or precision is not available here."""
 
     exit_code = 2
+
+
+class InternalError(Exception):
+    """A bug (not bad input) met while processing one file: the run stops, the CLI prints one
+    ``internal error`` line naming the file and exits with code 3 (the traceback with ``-vv``).
+
+    Deliberately not a ``GuidesError``: batches report ``GuidesError``s per file and go on, but a bug
+    would fail every file the same way. The original exception is ``__cause__``.
+    """
+
+    exit_code: int = 3
+
+    def __init__(self, path: str | Path | None, stage: str | None, error: BaseException) -> None:
+        self.path = None if path is None else str(path)
+        self.stage = stage
+        self.error = error
+        where = " ".join(part for part in (f"{stage}" if stage else "", f"on {self.path}" if self.path else "") if part)
+        super().__init__(f"{where + ': ' if where else ''}{type(error).__name__}: {error}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -40,6 +41,9 @@ class Annotator(ABC):
 
     def __init__(self, options: AnnotatorOptions) -> None:
         self.options = options
+        #: The checkpoint files this annotator actually loaded (set by learned annotators once loaded);
+        #: the dataset card and reports record them with their sha256 (``guides.weights.digest``).
+        self.loaded_files: tuple[Path, ...] = ()
 
     @abstractmethod
     def annotate(self, image: np.ndarray) -> np.ndarray:

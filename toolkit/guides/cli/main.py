@@ -7,14 +7,16 @@ their own modules under ``guides.cli`` and are imported only when invoked or lis
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import sys
+import traceback
 from typing import Any
 
 import click
 
 from .. import __version__
-from ..errors import GuidesError
+from ..errors import GuidesError, InternalError
 from ..registry import REGISTRY
 
 #: Commands that are not single-image annotators: name -> ("module:attribute", one-line help).
@@ -69,19 +71,37 @@ def cli(verbose: int) -> None:
       guides canny photo.png                  # writes photo.canny.png beside it
       guides depth photos/ -o guides/depth    # a folder, mirrored under guides/depth
       guides run canny,lineart photos/ -o out # out/canny/..., out/lineart/...
+
+    \b
+    Exit codes: 0 done, 1 some files failed (one "failed:" line each), 2 usage error
+    or missing model, 3 internal error (a bug: run with -vv and report it), 130 interrupted.
     """
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging(verbose)
+
+
+#: Exit code of an internal error (a bug, not bad input), documented in ``guides --help``.
+INTERNAL_ERROR_EXIT = 3
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Console-script entry point: user errors become one line and an exit code, never a traceback."""
+    """Console-script entry point: user errors become one line and an exit code, never a traceback.
+
+    Logging is configured from ``-v`` before click resolves the command, so ``-vv`` shows the traceback of an
+    internal error wherever it happens (command resolution and option parsing included).
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        args = ["--help"]  # a bare ``guides`` is a request for help: print it on stdout, exit 0
+    verbosity = _leading_verbosity(args)
+    _configure_logging(verbosity)
     _quiet_opencv()
     try:
-        code = cli.main(args=argv, prog_name="guides", standalone_mode=False)
+        code = cli.main(args=args, prog_name="guides", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
     except click.ClickException as error:
         error.show()
         sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
@@ -92,10 +112,33 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as error:  # noqa: BLE001 - a bug: say so in one line, traceback with -vv
-        logging.getLogger("guides").debug("internal error", exc_info=True)
-        click.echo(f"internal error: {type(error).__name__}: {error} (run with -vv for the traceback)", err=True)
-        sys.exit(1)
+        if verbosity >= 2:
+            traceback.print_exc(file=sys.stderr)
+        if isinstance(error, InternalError):
+            message = f"{error}"
+        else:
+            message = f"{type(error).__name__}: {error}"
+        click.echo(f"internal error: {message} (a bug; run with -vv for the traceback)", err=True)
+        sys.exit(INTERNAL_ERROR_EXIT)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _leading_verbosity(args: list[str]) -> int:
+    """The ``-v`` count among the options before the command name (``guides -vv canny ...``)."""
+    count = 0
+    for arg in args:
+        if arg == "--verbose":
+            count += 1
+        elif arg.startswith("-") and not arg.startswith("--") and set(arg[1:]) == {"v"}:
+            count += len(arg) - 1
+        elif not arg.startswith("-"):
+            break
+    return count
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
 
 
 def _quiet_opencv() -> None:
