@@ -17,12 +17,18 @@ ours skips all mask decoding) and ``lowered`` (IoU and stability thresholds 0: e
 through upsampling in both; the floor of our speed-up). Random weights measure speed, not quality.
 
 Per image: wall time and the child's CPU time (less sensitive to other work on a shared machine).
-``--breakdown`` adds the peer run with the same glibc allocator setting ours makes
-(``MALLOC_MMAP_THRESHOLD_``) and ours without it (``GUIDES_MALLOC_TUNING=0``), separating that gain from
-the decoder's.
+
+The glibc allocator setting (``guides.tune_allocator()``: allocations under 1 GiB served from the heap,
+process-wide, so the library never makes it by itself) is **off** for ``ours`` unless
+``--tune-allocator`` is given, as for a user who does not opt in; the header and every row say which.
+``--breakdown`` adds the other side of that choice for ours (``ours+tuned``, or ``ours-untuned`` with
+``--tune-allocator``) and the peer with the same setting through glibc's environment variables
+(``peer+heap``: ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``), separating that gain from the
+decoder's.
 
 Usage: ``python bench/bench_sam.py [--model vit_b] [--points-per-side 32] [--settings default,lowered]
-[--breakdown] [--device cpu] [--precision fp32] [--record]``. ``--only ours --device cuda`` gives images/s.
+[--tune-allocator] [--breakdown] [--device cpu] [--precision fp32] [--record]``. ``--only ours --device
+cuda`` gives images/s.
 """
 
 from __future__ import annotations
@@ -114,6 +120,8 @@ def child(args: argparse.Namespace) -> None:
     else:
         import guides
 
+        if args.tune_allocator and not guides.tune_allocator():
+            note = "allocator tuning asked for but not available here (not glibc)"
         annotator = guides.get("sam").load(
             model=args.model, models_dir=args.models_dir, device=args.device, precision=args.precision,
             points_per_side=args.points_per_side, **settings,
@@ -158,27 +166,33 @@ def write_checkpoint(model: str, folder: Path) -> Path:
     return path
 
 
-#: Extra contenders for ``--breakdown``: (child role, environment) — what the allocator setting alone gives.
+_HEAP_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+#: Contenders: (child role, environment, allocator tuning by ``guides.tune_allocator()``). ``ours`` follows
+#: ``--tune-allocator``; the others are added by ``--breakdown`` (what the allocator setting alone gives).
 VARIANTS = {
-    "peer": ("peer", {}),
-    "ours": ("ours", {}),
-    "peer+heap": ("peer", {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}),
-    "ours-heap": ("ours", {"GUIDES_MALLOC_TUNING": "0"}),
+    "peer": ("peer", {}, False),
+    "ours": ("ours", {}, None),
+    "peer+heap": ("peer", _HEAP_ENV, False),
+    "ours+tuned": ("ours", {}, True),
+    "ours-untuned": ("ours", {}, False),
 }
 
 
 def run_child(variant: str, settings: str, args: argparse.Namespace, out: Path) -> dict:
-    role, env = VARIANTS[variant]
+    role, env, tuned = VARIANTS[variant]
+    tuned = args.tune_allocator if tuned is None else tuned
     command = [sys.executable, __file__, "--child", role, "--settings", settings, "--out", str(out / variant), "--model", args.model,
                "--models-dir", args.models_dir, "--points-per-side", str(args.points_per_side), "--device", args.device,
-               "--precision", args.precision, "--repeat", str(args.repeat)]
+               "--precision", args.precision, "--repeat", str(args.repeat)] + (["--tune-allocator"] if tuned else [])
     if args.image:
         command += ["--image", args.image]
     (out / variant).mkdir()
     started = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore", **env})
+    environ = {key: value for key, value in os.environ.items() if key not in (*_HEAP_ENV, "GUIDES_MALLOC_TUNING")}
+    subprocess.run(command, check=True, env={**environ, "PYTHONWARNINGS": "ignore", **env})
     result = json.loads((out / variant / f"{role}.json").read_text())
     result["process_s"] = time.perf_counter() - started
+    result["allocator"] = "tuned" if tuned or env else "glibc default"
     return result
 
 
@@ -193,7 +207,10 @@ def main() -> None:
     parser.add_argument("--image", default=None, help="input image [default: $GUIDES_REFS/cutecat_init.png, else synthetic]")
     parser.add_argument("--models-dir", default=None, help="folder with the checkpoint [default: a random one in a temp folder]")
     parser.add_argument("--only", choices=["ours", "peer"], default=None, help="run one side only (e.g. GPU throughput)")
-    parser.add_argument("--breakdown", action="store_true", help="also run the peer with our allocator setting and ours without it")
+    parser.add_argument("--tune-allocator", action="store_true",
+                        help="ours calls guides.tune_allocator() (process-wide glibc setting; off by default, as for users)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also run the peer with the allocator setting and ours with the other allocator choice")
     parser.add_argument("--record", action="store_true", help="append the results to bench/RESULTS.md")
     parser.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -212,16 +229,18 @@ def main() -> None:
     header = (f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} CPU cores, load average "
               f"{os.getloadavg()[0]:.1f} at start; model {args.model} (random weights), {args.points_per_side}x"
               f"{args.points_per_side} points, device {args.device} {args.precision}, image "
-              f"{Path(args.image).name if args.image else 'synthetic 512x512'}")
+              f"{Path(args.image).name if args.image else 'synthetic 512x512'}; allocator tuning for ours: "
+              f"{'on (--tune-allocator)' if args.tune_allocator else 'off (the default; --tune-allocator turns it on)'}")
     print(header)
-    lines += [header, "", "| settings | who | load | per image (wall) | per image (CPU) | peak RSS | masks | identical masks |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [header, "", "| settings | who | allocator | load | per image (wall) | per image (CPU) | peak RSS | masks | identical masks |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     notes: list[str] = []
     summaries: list[str] = []
     for name in args.settings.split(","):
         out = Path(temp.name) / name
         out.mkdir()
-        variants = [args.only] if args.only else ["peer", "ours"] + (["peer+heap", "ours-heap"] if args.breakdown else [])
+        other = "ours-untuned" if args.tune_allocator else "ours+tuned"
+        variants = [args.only] if args.only else ["peer", "ours"] + (["peer+heap", other] if args.breakdown else [])
         results = {variant: run_child(variant, name, args, out) for variant in variants}
         identical = {}
         if "peer" in results:
@@ -234,7 +253,7 @@ def main() -> None:
                     if same and not same_partition(peer["guide"], ours["guide"]):
                         identical[variant] = "masks yes, guide regions NO"
         for variant, result in results.items():
-            row = (f"| {name} | {variant} | {result['load_s']:.1f} s | {result['image_s']:.1f} s | {result['image_cpu_s']:.1f} s | "
+            row = (f"| {name} | {variant} | {result['allocator']} | {result['load_s']:.1f} s | {result['image_s']:.1f} s | {result['image_cpu_s']:.1f} s | "
                    f"{result['peak_rss_mb']:.0f} MB | {result['masks']} | {identical.get(variant, '')} |")
             lines.append(row)
             print(row, flush=True)
@@ -245,9 +264,13 @@ def main() -> None:
             summary = (f"{name}: ours / SamDetector per image = {ours['image_s'] / peer['image_s']:.2f}x wall, "
                        f"{ours['image_cpu_s'] / peer['image_cpu_s']:.2f}x CPU; peak RSS {ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x; "
                        f"identical masks: {identical['ours']}")
+            summary += f" (ours with allocator tuning {'on' if args.tune_allocator else 'off'})"
             if args.breakdown:
-                summary += (f"; same allocator setting on both: {results['ours']['image_cpu_s'] / results['peer+heap']['image_cpu_s']:.2f}x CPU, "
-                            f"neither: {results['ours-heap']['image_cpu_s'] / peer['image_cpu_s']:.2f}x CPU")
+                tuned = results["ours" if args.tune_allocator else "ours+tuned"]
+                untuned = results["ours-untuned" if args.tune_allocator else "ours"]
+                summary += (f"; tuning on both sides: {tuned['image_cpu_s'] / results['peer+heap']['image_cpu_s']:.2f}x CPU, "
+                            f"on neither: {untuned['image_cpu_s'] / peer['image_cpu_s']:.2f}x CPU, "
+                            f"ours tuned vs untuned peer: {tuned['image_cpu_s'] / peer['image_cpu_s']:.2f}x CPU")
         else:
             summary = f"{name}: {1.0 / results[variants[0]]['image_s']:.2f} images/s ({variants[0]})"
         summaries.append(summary)

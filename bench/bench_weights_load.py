@@ -8,8 +8,9 @@ sam_vit_h_4b8939.pth: the plain state dict), then loads it in fresh subprocesses
 * ``plain``: construct the network (random initialisation), ``torch.load(weights_only=True)``,
   ``load_state_dict`` (for depth, the relative_position_index tables are filtered out as controlnet_aux
   does);
-* ``ours``: ``guides.weights.load_checkpoint_into`` (parameters on the meta device, memory-mapped
-  ``torch.load``, named key filters, strict assignment);
+* ``ours``: ``guides.weights.load_checkpoint_into`` (built under ``torch.device("meta")``, computed buffers
+  filled by the network, memory-mapped ``torch.load``, named key filters, ``load_state_dict(assign=True)``;
+  nothing in torch or timm is patched);
 * ``ours+safetensors``: the same build, reading a one-time safetensors conversion of the file (the
   conversion, timed separately, runs before: this measures the warm cache) - the alternative the issue
   asks to compare.
@@ -20,7 +21,8 @@ ru_maxrss. The parent checks that every way gives bit-identical weights and outp
 Random weights prove loading and wiring, not quality.
 
 The depth network is guides.nets.zoedepth.zoed_n when it imports (BENCH_DEPTH_NET=controlnet_aux forces
-the peer's ZoeDepth, same file format). The plain way uses the same network, so the ratio is the loader's.
+the peer's ZoeDepth, same file format). The plain way uses the same network, so the ratio is the loader's
+(its plain construction runs timm's own 24 relative-position index computations, as any plain build does).
 
 Usage: python bench/bench_weights_load.py [--models depth,sam] [--tmp DIR] [--keep]
 """

@@ -1,4 +1,5 @@
-"""Shared fixtures. ``refs`` is the reference data folder named by GUIDES_REFS (skip when absent)."""
+"""Shared fixtures. ``refs`` is the reference data folder named by GUIDES_REFS (skip when it is not set, fail
+when it names a folder without the reference images)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ def refs() -> Path:
     if not value:
         pytest.skip("GUIDES_REFS is not set: reference images unavailable (CI sets it to ../shared/refs)")
     path = Path(value)
-    if not (path / "cutecat_init.png").is_file():
-        pytest.skip(f"GUIDES_REFS={value} does not hold cutecat_init.png: reference images unavailable")
+    if not (path / "cutecat_init.png").is_file():  # set but wrong: a broken setup must not pass as skips
+        pytest.fail(f"GUIDES_REFS={value} does not hold cutecat_init.png", pytrace=False)
     return path
 
 
@@ -88,8 +89,10 @@ def _original_colorize(depth: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def original_colorize():
-    """``original_colorize(depth)``: the original ZoeDepth colouring, computed with matplotlib."""
-    pytest.importorskip("matplotlib")
+    """``original_colorize(depth)``: the original ZoeDepth colouring, computed with matplotlib (a dependency
+    of the models extra: missing, the tests fail rather than skip)."""
+    import matplotlib  # noqa: F401
+
     return _original_colorize
 
 
@@ -122,7 +125,9 @@ def _calibrated_normalbae(calibration: list) -> object:
 
 @pytest.fixture(scope="session")
 def calibrated_normalbae():
-    """``calibrated_normalbae([batch, ...])``: the reference NormalBae network for parity tests."""
-    pytest.importorskip("controlnet_aux")
+    """``calibrated_normalbae([batch, ...])``: the reference NormalBae network for parity tests
+    (controlnet_aux is in the test extra: missing, the tests fail rather than skip)."""
+    import controlnet_aux  # noqa: F401
+
     return _calibrated_normalbae
 

@@ -1,9 +1,12 @@
-"""Fixtures shared by the annotator tests: the small random SAM of test_sam.py and test_mask.py."""
+"""Fixtures shared by the annotator tests: the small random SAM of test_sam.py and test_mask.py, and that
+SAM as a checkpoint file the annotators load."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,3 +50,31 @@ def build_tiny_sam() -> Callable[..., Any]:
     on flat colour blocks it gives dozens of distinct masks with a spread of scores (see test_sam.py)."""
     pytest.importorskip("segment_anything")
     return _build_tiny_sam
+
+
+@dataclasses.dataclass
+class TinySamCheckpoint:
+    """A tiny SAM saved under the public ViT-B file name, loadable through the weights contract."""
+
+    model: Any
+    """The network whose state dict is in the file (the reference for parity)."""
+    models_dir: Path
+    path: Path
+
+
+@pytest.fixture
+def tiny_sam_checkpoint(build_tiny_sam: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TinySamCheckpoint:
+    """``build_tiny_sam(seed=2)`` saved as ``<tmp>/models/sam_vit_b_01ec64.pth``; ``--model vit_b`` then
+    builds the tiny architecture (``guides.nets.sam_fast.build_sam`` patched for this test), so loading
+    runs for real (file lookup, strict keys, engine cache) in milliseconds."""
+    import torch
+
+    from guides.nets import sam_fast
+
+    model = build_tiny_sam(seed=2)
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    path = models_dir / "sam_vit_b_01ec64.pth"
+    torch.save(model.state_dict(), path)
+    monkeypatch.setattr(sam_fast, "build_sam", lambda model_type: _build_tiny_sam(seed=0))
+    return TinySamCheckpoint(model, models_dir, path)

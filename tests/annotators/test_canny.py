@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,7 +12,9 @@ import pytest
 from PIL import Image
 
 import guides
-from guides.imaging import load_image, resize_image
+from guides.annotators.canny import DEFAULT_MAX_WORKING_PIXELS
+from guides.errors import InputError
+from guides.imaging import DEFAULT_MAX_PIXELS, resize_image
 
 
 def test_reference_guide_bit_exact(refs: Path) -> None:
@@ -91,4 +95,50 @@ def test_loaded_annotator_is_reusable(make_photo) -> None:
     first, second = annotator.annotate_batch([make_photo(1), make_photo(2)])
     assert np.array_equal(first, np.asarray(guides.canny(make_photo(1), low=10, high=20)))
     assert not np.array_equal(first, second)
-    assert load_image  # the decoding path used by the CLI is guides.imaging.load_image
+
+
+# ------------------------------------------------------------------------- working-size guard (2.6)
+
+
+def test_extreme_strip_at_a_resolution_is_one_failed_file(tmp_path: Path, make_photo) -> None:
+    """1 x 100000 at --resolution 512 would be 512 x 51200000 (78 GB of BGR): refused before any resize,
+    as one failure line, and the batch goes on."""
+    strip = tmp_path / "strip.png"
+    Image.new("L", (1, 100_000), 128).save(strip)
+    good = tmp_path / "good.png"
+    Image.fromarray(make_photo(4)).save(good)
+    reason = ("1x100000 image: working size 512x51200000 at --resolution 512 has 26,214,400,000 pixels, over the "
+              f"canny limit of {DEFAULT_MAX_WORKING_PIXELS:,} (use a smaller --resolution or raise --max-working-pixels)")
+    with pytest.raises(InputError) as info:
+        guides.canny(strip, resolution=512)
+    assert str(info.value) == reason
+    script = Path(sys.executable).parent / "guides"
+    done = subprocess.run([str(script), "canny", "-q", "--resolution", "512", str(strip), str(good)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("failed")] == [f"failed: {strip}: {reason}"]
+    assert "OpenCV" not in done.stderr and "Traceback" not in done.stderr
+    assert Image.open(tmp_path / "good.canny.png").size == (704, 512)
+
+
+def test_max_working_pixels_option(tmp_path: Path, make_photo) -> None:
+    rgb = make_photo(5)  # 128 x 96: 12288 pixels at its own size, 256 x 320 = 81920 at 256
+    assert DEFAULT_MAX_WORKING_PIXELS == DEFAULT_MAX_PIXELS
+    assert np.array_equal(np.asarray(guides.canny(rgb, max_working_pixels=12288)), np.asarray(guides.canny(rgb)))
+    with pytest.raises(InputError, match=r"128x96 image: working size 128x96 at its own size has 12,288 pixels, over the canny limit of 12,287"):
+        guides.canny(rgb, max_working_pixels=12287)
+    with pytest.raises(InputError, match=r"working size 320x256 at --resolution 256 has 81,920 pixels"):
+        guides.canny(rgb, resolution=256, max_working_pixels=81919)
+    photo = tmp_path / "p.png"
+    Image.fromarray(rgb).save(photo)
+    script = str(Path(sys.executable).parent / "guides")
+    for command in (["canny"], ["run", "canny", "-o", str(tmp_path / "out")]):
+        done = subprocess.run([script, *command, "-q", "--max-working-pixels", "1000", str(photo)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and "over the canny limit of 1,000" in done.stderr, (command, done.stderr)
+
+
+def test_importing_canny_imports_no_torch() -> None:
+    code = "import sys, guides.annotators.canny, guides; guides.canny(__import__('numpy').zeros((8, 8, 3), 'uint8')); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "False\n", done.stderr

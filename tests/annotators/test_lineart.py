@@ -204,17 +204,60 @@ def test_bf16_within_bound_of_fp32(annotator: LineartAnnotator, reference: Refer
     assert diff.max() <= 16 and diff.mean() <= 2.5, f"bf16: max {diff.max()}, mean {diff.mean():.3f}"
 
 
-def test_reference_guide_convention(refs: Path, annotator: LineartAnnotator) -> None:
-    """``cutecat_guide_lineart.png`` is the raw output: one channel, dark lines on mostly white paper.
-    Ours has its format; pixel equality needs the real weights (not available)."""
+class KnownLines(torch.nn.Module):
+    """Stands in for the generator with a known output (1 = paper): ``line`` (H, W) whatever the image,
+    else the image's red channel (a grey drawing of dark lines on white is its own line map)."""
+
+    def __init__(self, line: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # LineartDetector asks the model for its device
+        self.line = line
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.line is None:
+            return x[:, :1].clone()
+        assert x.shape[2:] == self.line.shape, f"network input {tuple(x.shape)}, known output {tuple(self.line.shape)}"
+        return self.line.expand(x.shape[0], 1, *self.line.shape).to(x.dtype)
+
+
+def test_guide_is_the_raw_output_dark_lines_on_white() -> None:
+    """Network output 1 = paper: our guide is that output * 255 (paper 255, lines 0), not inverted; the
+    reference pipeline (controlnet_aux) gives its inverse, and ``--invert`` gives exactly that."""
+    from controlnet_aux.lineart import LineartDetector
+
+    drawing = np.full((256, 320, 3), 255, np.uint8)
+    cv2.line(drawing, (10, 20), (300, 200), (0, 0, 0), 3)
+    cv2.circle(drawing, (200, 90), 40, (0, 0, 0), 2)
+    drawing[200:240, 20:90] = 128  # a mid-grey patch: the scaling, not just black and white
+    network = KnownLines()
+    ours = LineartAnnotator(LineartOptions(resolution=256, device="cpu"), model=network).annotate(drawing)
+    inverted = LineartAnnotator(LineartOptions(resolution=256, invert=True, device="cpu"), model=network).annotate(drawing)
+    lines = drawing[..., 0] == 0
+    assert ours.shape == (256, 320) and ours.dtype == np.uint8
+    assert (ours[lines] == 0).all() and (ours[drawing[..., 0] == 255] == 255).all(), "dark lines on white paper"
+    assert np.array_equal(ours[200:240, 20:90], np.full((40, 70), 128, np.uint8))
+    theirs = LineartDetector(network, network)(drawing, detect_resolution=256, image_resolution=256, output_type="np")
+    assert np.array_equal(theirs[..., 0], 255 - ours), "the reference pipeline's guide is the inverse of ours"
+    assert np.array_equal(inverted, theirs[..., 0])
+
+
+def test_reference_guide_convention(refs: Path) -> None:
+    """``cutecat_guide_lineart.png`` (dark lines on mostly white paper) is the raw network output: a network
+    that outputs it for the cat makes our guide of the cat equal to it, pixel for pixel (and controlnet_aux's
+    its inverse). Equality with the real network's guide needs the real weights (not available)."""
+    from controlnet_aux.lineart import LineartDetector
+
     expected = Image.open(refs / "cutecat_guide_lineart.png")
     pixels = np.asarray(expected)
     assert expected.mode == "L" and pixels.shape == (512, 512)
     assert (pixels >= 128).mean() > 0.8 and pixels.min() < 64, "paper white, lines dark"
     cat = guides.to_rgb_array(refs / "cutecat_init.png")
-    small = LineartAnnotator(LineartOptions(resolution=128, device="cpu"), model=annotator.model)
-    ours = guides.to_pil(small.annotate(cat))
-    assert ours.mode == expected.mode and ours.size == expected.size
+    network = KnownLines(torch.from_numpy((pixels.astype(np.float32) + 0.5) / 255))
+    ours = LineartAnnotator(LineartOptions(resolution=512, device="cpu"), model=network).annotate(cat)
+    assert guides.to_pil(ours).mode == "L"
+    assert np.array_equal(ours, pixels), f"{int((ours != pixels).sum())} pixels differ from the reference guide"
+    theirs = LineartDetector(network, network)(cat, detect_resolution=512, image_resolution=512, output_type="np")
+    assert np.array_equal(theirs[..., 0], 255 - pixels)
 
 
 def test_cli_and_python_api(reference: Reference, tmp_path: Path, make_photo) -> None:
@@ -229,9 +272,8 @@ def test_cli_and_python_api(reference: Reference, tmp_path: Path, make_photo) ->
     assert written.mode == "L" and written.size == (90, 70)
     direct = get("lineart").load(models_dir=str(reference.models_dir), device="cpu", resolution=64, invert=True)
     assert np.array_equal(np.asarray(written), direct.annotate(image))
-    if hasattr(guides, "lineart"):
-        api = guides.lineart(photo, models_dir=str(reference.models_dir), resolution=64, device="cpu", invert=True)
-        assert np.array_equal(np.asarray(api), np.asarray(written))
+    api = guides.lineart(photo, models_dir=str(reference.models_dir), resolution=64, device="cpu", invert=True)
+    assert np.array_equal(np.asarray(api), np.asarray(written))
     (tmp_path / "empty").mkdir()
     missing = invoke("lineart", str(photo), "--models-dir", str(tmp_path / "empty"), "-q")
     assert missing.exit_code == 2 and "sk_model.pth" in missing.output

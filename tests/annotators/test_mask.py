@@ -78,11 +78,29 @@ def test_prompts_give_samPredictors_highest_scoring_mask(tiny: Sam, prompts: dic
 
 
 def test_points_are_input_pixels_when_resizing(tiny: Sam) -> None:
+    """At --resolution 64 the subject is SamPredictor's at the working size (64x64, the point scaled),
+    and the mask comes out at the input size: that subject resized by nearest neighbour."""
     image = blocks_image(96, 128)
     mask = MaskAnnotator(MaskOptions(points=("64,48",), resolution=64), model=tiny).annotate(image)
     working = guides.imaging.resize_image(image, 64)
-    assert mask.shape == working.shape[:2] == (64, 64)
-    assert np.array_equal(mask == 0, predictor_best(tiny, working, [(32.0, 32.0)], [1]))
+    assert working.shape[:2] == (64, 64) and mask.shape == (96, 128)
+    expected = predictor_best(tiny, working, [(32.0, 32.0)], [1])
+    assert 0 < expected.sum() < expected.size
+    assert np.array_equal(mask == 0, sam_common.resize_nearest(expected, 96, 128))
+    assert set(np.unique(mask)) == {0, 255}
+
+
+def test_mask_of_an_odd_sized_input_has_its_size_and_dilates_in_input_pixels(tiny: Sam) -> None:
+    image = blocks_image(75, 113)
+    options = MaskOptions(points=((90, 55),), resolution=64)
+    working = guides.imaging.resize_image(image, 64)
+    assert working.shape[:2] == (64, 128)
+    subject = sam_common.resize_nearest(predictor_best(tiny, working, [(90 * 128 / 113, 55 * 64 / 75)], [1]), 75, 113)
+    assert 0 < subject.sum() < subject.size
+    assert np.array_equal(MaskAnnotator(options, model=tiny).annotate(image), sam_common.finish_mask(subject))
+    grown = MaskAnnotator(MaskOptions(points=((90, 55),), resolution=64, dilate=3, invert=True), model=tiny).annotate(image)
+    assert grown.shape == (75, 113)
+    assert np.array_equal(grown, sam_common.finish_mask(subject, invert=True, dilate=3))
 
 
 def test_point_outside_the_image_fails_that_image_only(tiny: Sam) -> None:
@@ -211,13 +229,16 @@ def test_inpaint_stage_writes_mask_and_its_composite(tiny: Sam) -> None:
     from guides.cli.inpaint import InpaintTargetStage
 
     image = blocks_image(96, 128)
-    stage = InpaintTargetStage(MaskAnnotator(MaskOptions(points=((30, 40),), resolution=64), model=tiny), (0, 255, 0))
+    annotator = MaskAnnotator(MaskOptions(points=((30, 40),), resolution=64, batch_size=2), model=tiny)
+    stage = InpaintTargetStage(annotator, (0, 255, 0))
+    assert stage.batch_size == 2 and stage.batch_key(image) == annotator.batch_key(image)
     (mask, target), = stage.annotate_batch([image])
-    working = guides.imaging.resize_image(image, 64)
-    assert mask.shape == target.shape[:2] == (64, 64)
-    assert np.array_equal(target[mask == 0], working[mask == 0])
+    assert mask.shape == target.shape[:2] == (96, 128)  # the input's size, as guides mask writes it
+    assert np.array_equal(mask, annotator.annotate(image))
+    assert 0 < (mask == 0).sum() < mask.size
+    assert np.array_equal(target[mask == 0], image[mask == 0])
     assert (target[mask == 255] == (0, 255, 0)).all()
-    assert np.array_equal(target, composite(working, np.repeat(mask[:, :, None], 3, axis=2), (0, 255, 0)))
+    assert np.array_equal(target, composite(image, np.repeat(mask[:, :, None], 3, axis=2), (0, 255, 0)))
 
 
 def test_cli_and_api_parse_points_and_flags(tiny: Sam, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -238,7 +259,7 @@ def test_cli_and_api_parse_points_and_flags(tiny: Sam, tmp_path, monkeypatch: py
     bad = CliRunner().invoke(cli, ["mask", str(source), "--point", "30;40"])
     assert bad.exit_code == 2 and "a point must be 2 comma-separated numbers" in bad.output
     guide = guides.sam(source, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
-    assert guide.mode == "RGB" and guide.size == (704, 512)  # default working size: short side 512, sides to multiples of 64
+    assert guide.mode == "RGB" and guide.size == (128, 96)  # computed at the working size 704x512, written at the input's
 
 
 def test_oversized_working_size_is_refused_before_encoding(tiny: Sam) -> None:

@@ -6,6 +6,7 @@ The fake annotator is not registered in the real registry: tests hand it to the 
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -34,7 +35,9 @@ class InvertGreen:
     def annotate_batch(self, images):
         self.calls.append(len(images))
         if any(int(image[0, 0, 0]) == UNLUCKY for image in images):
-            raise ValueError("unlucky pixel")
+            from guides.errors import InputError  # bad input: a failure line (any other error is a bug)
+
+            raise InputError(None, "unlucky pixel")
         return [255 - image[:, :, 1] for image in images]
 
     def close(self) -> None:
@@ -81,9 +84,9 @@ def tree_reader():
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray runtime with 2 CPUs for the session (the engines reuse a running runtime)."""
-    ray = pytest.importorskip("ray", reason='Ray is not installed: pip install "controlnet-guides[ray]"')
-    pytest.importorskip("ray.data", reason='Ray Data is not installed: pip install "controlnet-guides[ray]"')
-    pytest.importorskip("pyarrow", reason="pyarrow is not installed")
+    ray = importlib.import_module("ray")  # in the test extra: a missing one fails
+    importlib.import_module("ray.data")  # in the test extra: a missing one fails
+    importlib.import_module("pyarrow")  # in the test extra: a missing one fails
     import logging
 
     # Test helpers (this module, the test modules) are not importable in Ray's workers: ship them by value.

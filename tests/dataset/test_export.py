@@ -3,6 +3,7 @@ outputs for exactly the stored photos, with the right captions, and resumes."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("pyarrow", reason='Parquet export needs pyarrow: pip install "controlnet-guides[dataset]"')
+importlib.import_module("pyarrow")  # in the test extra: a missing one fails
 
 from guides.dataset.export import (  # noqa: E402
     AnnotatorEntry,
@@ -47,7 +48,7 @@ def _failures(report) -> dict[str, str]:
 
 
 def _load(*args, cache: Path, **kwargs):
-    datasets = pytest.importorskip("datasets", reason="the datasets library is not installed")
+    datasets = importlib.import_module("datasets")  # in the test extra: a missing one fails
     return datasets.load_dataset(*args, cache_dir=str(cache), **kwargs)
 
 
@@ -61,7 +62,7 @@ def test_parquet_per_annotator_loads_with_datasets_and_holds_each_annotators_out
     assert failures["empty.png"] == "empty file (0 bytes)"
     assert failures["garbage.jpg"] == "not an image, or an unsupported image format"
     assert failures["truncated.png"].startswith("corrupt or truncated image")
-    assert failures["z.png"] == "invert failed (ValueError: unlucky pixel)"
+    assert failures["z.png"] == "unlucky pixel"
     assert len(failures) == 4 and report.exit_code == 1
     assert report.uncaptioned == ["b.jpg", "sub/deep er/ünï d.png"]
     assert report.unmatched_captions == ["nowhere.png"]
@@ -96,7 +97,7 @@ def test_parquet_per_annotator_loads_with_datasets_and_holds_each_annotators_out
 
 def test_train_controlnet_reads_the_folder_with_its_default_columns(photo_tree: Path, tmp_path: Path, monkeypatch) -> None:
     """What diffusers' make_train_dataset does with --train_data_dir and the default column names."""
-    transforms = pytest.importorskip("torchvision.transforms", reason="torchvision is not installed")
+    transforms = importlib.import_module("torchvision.transforms")  # in the test extra: a missing one fails
     import torch
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -121,7 +122,7 @@ def test_train_controlnet_reads_the_folder_with_its_default_columns(photo_tree: 
 
 
 def test_webdataset_columns_layout_loads_with_webdataset_and_datasets(photo_tree: Path, tmp_path: Path, invert_class, monkeypatch) -> None:
-    wds = pytest.importorskip("webdataset", reason="the webdataset library is not installed")
+    wds = importlib.import_module("webdataset")  # in the test extra: a missing one fails
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "export"
     _captions(photo_tree)
@@ -272,11 +273,27 @@ def test_model_files_on_the_card(tmp_path: Path) -> None:
     checkpoint.write_bytes(b"weights" * 1000)
 
     class Loaded:
-        checkpoint_path = checkpoint
+        loaded_files = (checkpoint,)
 
     assert describe_model_files("lineart", Loaded()) == [
         {"file": str(checkpoint), "size": 7000, "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
     ]
     catalog = describe_model_files("depth", object())
-    assert [item["file"] for item in catalog] == ["ZoeD_M12_N.pt"] and "catalog entry" in catalog[0]["note"]
+    assert [item["file"] for item in catalog] == ["ZoeD_M12_N.pt"] and "does not report" in catalog[0]["note"]
+    in_workers = describe_model_files("depth", None)  # the Ray engine: loaded elsewhere
+    assert [item["file"] for item in in_workers] == ["ZoeD_M12_N.pt"] and "Ray workers" in in_workers[0]["note"]
     assert describe_model_files("canny", object()) == []
+
+
+def test_resolution_guard_refuses_an_extreme_strip_as_one_failed_photo(tmp_path: Path, make_photo) -> None:
+    """1 x 100000 at --resolution 512 would be resized to 512 x 51200000: refused before resizing (the
+    resized photo is held to --max-pixels), the other photos are exported."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("L", (1, 100_000), 128).save(photos / "strip.png")
+    Image.fromarray(make_photo(1)).save(photos / "good.png")
+    report = export_dataset([photos], tmp_path / "out", registry_entries(["canny"]), resolution=512, prompt="p")
+    assert _failures(report) == {"strip.png": (
+        "1x100000 image: working size 512x51200000 at --resolution 512 has 26,214,400,000 pixels, over the "
+        "dataset limit of 268,435,456 (use a smaller --resolution or raise --max-pixels)")}
+    assert report.summary.written == 1

@@ -6,6 +6,7 @@ costs a few seconds of start-up, so the tests share runs where they can.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -44,21 +45,24 @@ def test_ray_outputs_and_failures_equal_the_local_engine(ray_session, photo_tree
     assert lines == [  # planning failures first, then in job order
         f"{tmp_path / 'missing.png'}: no such file or folder",
         f"{photo_tree / 'empty.png'}: empty file (0 bytes)",
-        f"{photo_tree / 'z.png'}: invert failed (ValueError: unlucky pixel)",
+        f"{photo_tree / 'z.png'}: unlucky pixel",
         f"{photo_tree / 'sub' / 'garbage.jpg'}: not an image, or an unsupported image format",
         lines[4],
     ]
     assert lines[4].startswith(f"{photo_tree / 'sub' / 'truncated.png'}: corrupt or truncated image")
 
-    # Resume: everything exists -> skipped without starting a pipeline; one missing guide -> redone.
+    # Resume: everything exists -> skipped without starting a pipeline; a missing or broken guide -> redone.
     again = run_jobs_ray(ray_jobs, {"canny": _canny, "invert": invert_class}, progress=False)
     assert (again.written, again.skipped, len(again.failed)) == (0, 5, 4)
     (tmp_path / "ray" / "invert" / "sub" / "c.png").unlink()
-    (tmp_path / "ray" / "canny" / "a.png").write_bytes(b"stale")
+    (tmp_path / "ray" / "canny" / "sub" / "e.png").write_bytes(b"")  # zero bytes: not done
+    stale = local_tree["invert/a.png"]  # a complete PNG, though not this guide: kept without overwrite
+    (tmp_path / "ray" / "canny" / "a.png").write_bytes(stale)
     redo = run_jobs_ray(ray_jobs, {"canny": _canny, "invert": invert_class}, progress=False)
-    assert (redo.written, redo.skipped) == (1, 4)
-    assert (tmp_path / "ray" / "canny" / "a.png").read_bytes() == b"stale", "an existing guide was rewritten without overwrite"
+    assert (redo.written, redo.skipped) == (2, 3)
+    assert (tmp_path / "ray" / "canny" / "a.png").read_bytes() == stale, "an existing guide was rewritten without overwrite"
     assert (tmp_path / "ray" / "invert" / "sub" / "c.png").read_bytes() == local_tree["invert/sub/c.png"]
+    assert (tmp_path / "ray" / "canny" / "sub" / "e.png").read_bytes() == local_tree["canny/sub/e.png"]
 
 
 def test_guides_run_engine_ray_matches_engine_local(ray_session, photo_tree: Path, tmp_path: Path, tree_reader) -> None:
@@ -99,7 +103,7 @@ def test_ray_options_without_ray_and_with_the_local_engine(monkeypatch, tmp_path
 
 
 def test_guides_dataset_engine_ray_writes_the_same_shards(ray_session, photo_tree: Path, tmp_path: Path, tree_reader) -> None:
-    pytest.importorskip("pyarrow", reason="pyarrow is not installed")
+    importlib.import_module("pyarrow")  # in the test extra: a missing one fails
     from guides.dataset.export import export_dataset, registry_entries
 
     local = export_dataset([photo_tree], tmp_path / "local", registry_entries(["canny"]), resolution=64, prompt="p")
@@ -111,3 +115,27 @@ def test_guides_dataset_engine_ray_writes_the_same_shards(ray_session, photo_tre
     assert sorted(f["path"] for f in report["failures"]) == sorted(f.path for f in local.summary.failed)
     name = "canny/train-00000-of-00001.parquet"
     assert tree_reader(tmp_path / "ray")[name] == tree_reader(tmp_path / "local")[name], "shards differ between the engines"
+
+
+def test_a_bug_in_an_annotator_stops_the_ray_run_naming_the_file(ray_session, photo_tree: Path, tmp_path: Path) -> None:
+    """As locally: a bug (not bad input) is an InternalError naming the file and the annotator, not a failed line."""
+    from guides.dataset.ray_engine import run_jobs_ray
+    from guides.errors import InternalError
+
+    class Buggy:
+        batch_size = 2
+
+        def batch_key(self, image):
+            return image.shape
+
+        def annotate_batch(self, images):
+            if any(int(image[0, 0, 0]) == 13 for image in images):  # z.png, as in conftest.UNLUCKY
+                raise ZeroDivisionError("a bug in an annotator")
+            return [image[:, :, 0] for image in images]
+
+    jobs, _ = plan_jobs([photo_tree / "z.png", photo_tree / "a.png"], ["buggy"], tmp_path / "out")
+    with pytest.raises(InternalError) as caught:
+        run_jobs_ray(jobs, {"buggy": Buggy}, progress=False)
+    assert (caught.value.path, caught.value.stage) == (str(photo_tree / "z.png"), "buggy")
+    assert isinstance(caught.value.__cause__, ZeroDivisionError)
+    assert str(caught.value) == f"buggy on {photo_tree / 'z.png'}: ZeroDivisionError: a bug in an annotator"

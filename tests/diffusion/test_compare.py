@@ -83,13 +83,34 @@ def test_size_mismatch_is_a_usage_error(tmp_path: Path, guides_cli) -> None:
     assert result.exit_code == 2 and "same size" in result.stderr, result.output
 
 
-def test_missing_and_corrupt_files_are_one_line_errors(tmp_path: Path, guides_cli) -> None:
+def test_missing_and_unreadable_files_exit_2_with_one_line(tmp_path: Path, guides_cli) -> None:
+    """A file given to compare that is missing, unreadable or not an image: one line naming it, exit 2
+    (exit 1 means "below the threshold", so a broken file must not look like a bad score)."""
     Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    missing = guides_cli("compare", tmp_path / "a.png", tmp_path / "nope.png")
-    assert missing.exit_code == 1 and "nope.png: no such file" in missing.stderr, missing.output
-    corrupt = guides_cli("compare", tmp_path / "a.png", tmp_path / "bad.png")
-    assert corrupt.exit_code == 1 and "bad.png" in corrupt.stderr and "Traceback" not in corrupt.output
+    reasons = {
+        tmp_path / "nope.png": "no such file",
+        tmp_path / "bad.png": "corrupt or truncated image",
+        tmp_path / "a.png" / "under-a-file.png": "cannot read",  # an OS error on open (works as root too)
+    }
+    for path, reason in reasons.items():
+        for args in ((tmp_path / "a.png", path), (path, tmp_path / "a.png")):
+            result = guides_cli("compare", *args, "--min-psnr", "10")
+            assert result.exit_code == 2, (path, result.output)
+            [line] = result.stderr.splitlines()
+            assert line.startswith(f"error: {path}: {reason}"), line
+            assert result.stdout == "", result.output
+
+
+def test_below_threshold_exits_1_and_help_documents_the_exit_codes(image_pair, guides_cli) -> None:
+    first, second = image_pair
+    psnr, ssim = _piq_on_files(first, second)
+    below = guides_cli("compare", first, second, "--json", "--min-psnr", psnr + 0.5, "--min-ssim", ssim - 0.1)
+    assert below.exit_code == 1 and json.loads(below.stdout)["psnr"] == pytest.approx(psnr, abs=0.01), below.output
+    assert below.stderr == ""
+    words = " ".join(guides_cli("compare", "--help").stdout.split())
+    assert "1 below a threshold, 2 a missing or unreadable file or images of different sizes" in words, words
+    assert "never resized" in words
 
 
 def test_difference_image_and_grayscale_inputs(tmp_path: Path) -> None:

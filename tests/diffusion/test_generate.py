@@ -6,9 +6,12 @@ seeds and latents are reproducible), not image quality.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +82,72 @@ def test_defaults_are_the_reference_settings_and_the_sidecar_records_everything(
     for library in ("torch", "diffusers", "transformers", "piq", "python"):
         assert record["libraries"][library], library
     assert record["output"]["width"] == 512 and len(record["output"]["sha256"]) == 64
+    # The weight files actually loaded, with their sha256 (of the bytes on disk).
+    expected_files = [tiny_models.base / "vae" / "diffusion_pytorch_model.safetensors",
+                      tiny_models.base / "unet" / "diffusion_pytorch_model.safetensors",
+                      tiny_models.base / "text_encoder" / "model.safetensors"]
+    assert record["base_model"]["loaded_files"] == [_described(path) for path in expected_files]
+    assert control["controlnet"]["loaded_files"] == [
+        _described(tiny_models.controlnets["canny"] / "diffusion_pytorch_model.safetensors")]
+
+
+def _described(path: Path) -> dict:
+    data = path.read_bytes()
+    return {"file": str(path), "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_the_recorded_weight_file_is_the_one_loaded(tiny_models, tmp_path: Path) -> None:
+    """A ControlNet folder holding both forms: safetensors is loaded and recorded; without it the .bin
+    (other weights) is loaded and recorded. The record is checked against the loaded parameters."""
+    from diffusers import ControlNetModel
+    from guides.diffusion.generate import ControlNetGenerator
+    from guides.diffusion.models import locate_model
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "both-forms"
+    shutil.copytree(tiny_models.controlnets["canny"], folder)
+    other = ControlNetModel.from_pretrained(tiny_models.controlnets["depth"], low_cpu_mem_usage=False).state_dict()
+    torch.save(other, folder / "diffusion_pytorch_model.bin")
+    base = locate_model("base", str(tiny_models.base))
+    safetensors_file = folder / "diffusion_pytorch_model.safetensors"
+    stored = load_file(str(safetensors_file))
+    for expected_file, weights in ((safetensors_file, stored), (folder / "diffusion_pytorch_model.bin", other)):
+        generator = ControlNetGenerator(base, {"canny": locate_model("controlnet", str(folder), "canny")}, "cpu")
+        assert generator.loaded_files("canny") == [_described(expected_file)]
+        loaded = generator.controlnet("canny").state_dict()
+        assert all(torch.equal(loaded[name], weights[name]) for name in weights), expected_file
+        safetensors_file.unlink(missing_ok=True)
+    assert not torch.equal(stored["controlnet_mid_block.weight"], other["controlnet_mid_block.weight"])
+
+
+def test_weight_files_follow_the_libraries_preference(tmp_path: Path) -> None:
+    from guides.diffusion.models import weight_files
+
+    assert weight_files(tmp_path) == ((), None)
+    (tmp_path / "diffusion_pytorch_model.bin").write_bytes(b"x")
+    assert weight_files(tmp_path) == ((tmp_path / "diffusion_pytorch_model.bin",), False)
+    index = tmp_path / "diffusion_pytorch_model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "part-2.safetensors", "b": "part-1.safetensors",
+                                                "c": "part-2.safetensors"}}))
+    assert weight_files(tmp_path) == ((index, tmp_path / "part-1.safetensors", tmp_path / "part-2.safetensors"), True)
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    assert weight_files(tmp_path, "transformers") == ((tmp_path / "model.safetensors",), True)
+
+
+def test_loading_the_base_model_prints_nothing(tiny_models, capfd: pytest.CaptureFixture[str]) -> None:
+    """The published SD 1.5 tokenizer files (AddedToken objects with "__type") load without the tokenizers
+    library's "Ignored unknown kwarg option __type" lines on stdout, and tokenize as transformers does."""
+    from guides.diffusion.models import load_base
+    from transformers import CLIPTokenizer
+
+    base = load_base(tiny_models.base, torch.device("cpu"), torch.float32)
+    captured = capfd.readouterr()
+    assert captured.out == "" and "Ignored" not in captured.err, captured
+    plain = CLIPTokenizer.from_pretrained(tiny_models.base / "tokenizer")
+    prompt = "a cute cat, detailed high-quality professional image"
+    assert base.tokenizer(prompt).input_ids == plain(prompt).input_ids
+    assert base.tokenizer.special_tokens_map == plain.special_tokens_map
+    assert base.tokenizer.added_tokens_decoder == plain.added_tokens_decoder
 
 
 def _reference_recipe(tiny_models, kinds: list[str], guides: list[Image.Image], scales: list[float]) -> np.ndarray:
@@ -218,7 +287,8 @@ def test_bf16_and_fp16_run_on_the_cpu(tiny_models, guide_files, guides_cli, tmp_
         record = json.loads(out.with_suffix(".json").read_text())
         assert record["dtype"] == dtype and record["settings"]["precision"] == precision
         # The latents are drawn in float32 whatever the precision: the same noise as fp32.
-        assert record["latents"]["shape"] == [1, 4, 8, 8]
+        fp32_noise = Latents(torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2)), "seed")
+        assert record["latents"]["shape"] == [1, 4, 8, 8] and record["latents"]["sha256"] == fp32_noise.sha256
 
 
 def test_usage_errors_are_one_line_and_exit_2(tiny_models, guide_files, guides_cli, tmp_path: Path) -> None:
@@ -250,6 +320,41 @@ def test_missing_models_fail_fast_listing_every_one(guide_files, guides_cli, off
         assert repo in message, (repo, message)
     assert "guides models download" in message and "HF_HUB_OFFLINE" in message
     assert not (tmp_path / "x.png").exists()
+
+
+def test_missing_weights_never_download_unasked_and_fail_fast_offline(
+    tiny_models, guide_files, guides_cli, offline_hub: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --download no download is tried even online: one line naming the model, exit 2. With
+    --download under HF_HUB_OFFLINE=1: one line at once, no hub call either."""
+    import huggingface_hub
+
+    calls: list[str] = []
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        calls.append(f"{args} {kwargs}")
+        raise AssertionError("the hub was called")
+
+    for name in ("snapshot_download", "hf_hub_download"):
+        monkeypatch.setattr(huggingface_hub, name, no_network)
+    args = ("generate", guide_files["canny"], "--control", "canny", "-o", tmp_path / "x.png", "-q", "--device", "cpu",
+            "--base-model", tiny_models.base)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online as far as we can tell (the hub calls fail if made)
+    unasked = guides_cli(*args)
+    assert unasked.exit_code == 2, unasked.output
+    [line] = unasked.stderr.splitlines()
+    assert line.startswith("error: nothing was run: diffusers model lllyasviel/control_v11p_sd15_canny is not "
+                           "available") and "guides models download controlnet-canny" in line, line
+    assert line.endswith("(or pass --download)") and "HF_HUB_OFFLINE" not in line, line
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    offline = guides_cli(*args, "--download")
+    seconds = time.perf_counter() - started
+    assert offline.exit_code == 2, offline.output
+    [line] = offline.stderr.splitlines()
+    assert "lllyasviel/control_v11p_sd15_canny" in line and "HF_HUB_OFFLINE is set" in line, line
+    assert seconds < 2.0, seconds
+    assert calls == [] and not (tmp_path / "x.png").exists()
 
 
 def test_help_and_import_do_not_load_torch() -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -72,6 +73,15 @@ def test_reference_guides_stack_end_to_end(tiny_models, synthetic_refs: Path, gu
     assert [(c["kind"], c["scale"], c["controlnet"]["path"]) for c in sidecar["controls"]] == [
         ("depth", 0.3, str(tiny_models.controlnets["depth"])), ("canny", 0.7, str(tiny_models.controlnets["canny"]))]
     assert sidecar["reproduce"]["expected"] == str(synthetic_refs / "expected_controlnet_stack.png")
+    # The weight files loaded, with sha256, in the report as in each sidecar.
+    depth_file = tiny_models.controlnets["depth"] / "diffusion_pytorch_model.safetensors"
+    assert report["models"]["controlnets"]["depth"]["loaded_files"] == sidecar["controls"][0]["controlnet"]["loaded_files"] == [
+        {"file": str(depth_file), "size": depth_file.stat().st_size, "sha256": hashlib.sha256(depth_file.read_bytes()).hexdigest()}]
+    assert report["models"]["base"]["loaded_files"] == sidecar["base_model"]["loaded_files"]
+    assert [entry["file"] for entry in report["models"]["base"]["loaded_files"]] == [
+        str(tiny_models.base / "vae" / "diffusion_pytorch_model.safetensors"),
+        str(tiny_models.base / "unet" / "diffusion_pytorch_model.safetensors"),
+        str(tiny_models.base / "text_encoder" / "model.safetensors")]
     # The latents are saved for replay and are the seed-2 draw on this device.
     saved = out / "latents.safetensors"
     from guides.diffusion.generate import load_latents
@@ -104,6 +114,7 @@ def test_our_canny_guide_end_to_end_and_identical_to_the_reference(
     assert report["guides"] == "ours"
     comparison = report["guide_comparison"]["canny"]
     assert comparison["identical"] is True and comparison["metrics"]["differing_pixels"] == 0, comparison
+    assert comparison["loaded_files"] == []  # canny loads no checkpoint
     ours = np.asarray(Image.open(out / "guides" / "canny.png"))
     reference = np.asarray(Image.open(synthetic_refs / "cutecat_guide_canny.png"))
     assert ours.shape == (512, 512) and np.array_equal(ours, reference)
@@ -116,7 +127,7 @@ def test_our_canny_guide_end_to_end_and_identical_to_the_reference(
     assert compare_files(out / "generated_canny.png", again / "generated_canny.png").differing_pixels == 0
 
 
-def test_real_refs_our_canny_guide_is_bit_exact(refs: Path, tiny_models, tmp_path: Path) -> None:
+def test_real_refs_our_canny_guide_is_bit_exact(refs: Path, tmp_path: Path) -> None:
     """On the real reference folder (GUIDES_REFS): the plan finds every file and our canny guide is exact."""
     from guides.diffusion.reproduce import Progress, ReproduceOptions, _make_guides, guide_plan
 
@@ -130,8 +141,12 @@ def test_dry_run_plan_matches_context_field_by_field(synthetic_refs: Path, offli
                                                      tmp_path: Path) -> None:
     out = tmp_path / "never-created"
     result = guides_cli("reproduce", "--refs", synthetic_refs, "--out", out, "--dry-run", "--guides", "reference")
-    assert result.exit_code == 0, result.output
+    # Nothing is on this machine: the whole plan is still printed, then one line, and exit 2.
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == ['error: 9 things a run needs are missing (the plan\'s "blocking" list); '
+                                          "a real run would refuse"], result.stderr
     plan = json.loads(result.stdout)
+    assert plan["ready"] is False and plan["download"] is False and plan["blocking"] == plan["missing"]
     assert plan["settings"] == CONTEXT_SETTINGS
     assert plan["kinds"] == ["canny", "depth", "lineart", "normals", "sam", "stack"]
     assert plan["thresholds"] == {"psnr": 35.0, "ssim": 0.98}
@@ -177,8 +192,53 @@ def test_dry_run_resolves_hub_cache_and_local_folders_without_loading(tiny_model
     plan = json.loads(text + "}")
     canny = plan["models"]["controlnets"]["canny"]
     assert canny["source"] == "hub-cache" and canny["revision"] == commit and canny["found"], canny
-    assert plan["models"]["base"]["source"] == "local-folder" and plan["missing"] == []
+    assert plan["models"]["base"]["source"] == "local-folder" and plan["missing"] == [] and plan["ready"] is True
     assert marker.strip() == "NO-TORCH", run.stdout[-200:]
+
+
+def test_dry_run_exits_2_for_missing_reference_files_and_0_when_everything_is_there(
+    tiny_models, synthetic_refs: Path, offline_hub: Path, guides_cli, tmp_path: Path
+) -> None:
+    """Every model present (the tiny ones), one reference file missing: exit 2 naming it, the plan printed;
+    the same with the file back: exit 0."""
+    refs = tmp_path / "refs"
+    shutil.copytree(synthetic_refs, refs)
+    (refs / "expected_controlnet_canny.png").unlink()
+    args = ("reproduce", "--refs", refs, "--out", tmp_path / "o", "--dry-run", "--only", "canny", "--guides",
+            "reference", *tiny_models.args("canny"))
+    missing = guides_cli(*args)
+    assert missing.exit_code == 2, missing.output
+    plan = json.loads(missing.stdout)
+    assert plan["missing"] == [f"{refs / 'expected_controlnet_canny.png'}: reference file not found"], plan["missing"]
+    assert plan["ready"] is False and plan["models"]["base"]["found"] and plan["models"]["controlnets"]["canny"]["found"]
+    assert len(missing.stderr.splitlines()) == 1 and "1 thing a run needs is missing" in missing.stderr, missing.stderr
+    shutil.copy(synthetic_refs / "expected_controlnet_canny.png", refs)
+    present = guides_cli(*args)
+    assert present.exit_code == 0 and present.stderr == "", present.output
+    assert json.loads(present.stdout)["missing"] == [] and json.loads(present.stdout)["ready"] is True
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_with_download_counts_only_what_a_download_cannot_fetch(
+    synthetic_refs: Path, offline_hub: Path, guides_cli, tmp_path: Path
+) -> None:
+    """With --download the missing models are what the real run would fetch: the plan lists them, exit 0;
+    a missing reference file still exits 2. Nothing is downloaded by a dry run."""
+    args = ("reproduce", "--out", tmp_path / "o", "--dry-run", "--only", "canny", "--guides", "reference", "--download")
+    result = guides_cli(*args, "--refs", synthetic_refs)
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["download"] is True and plan["ready"] is True and plan["blocking"] == [], plan
+    assert len(plan["missing"]) == 2 and "lllyasviel/control_v11p_sd15_canny" in plan["missing"][1], plan["missing"]
+    assert list(offline_hub.iterdir()) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = guides_cli(*args, "--refs", empty)
+    assert refused.exit_code == 2, refused.output
+    refused_plan = json.loads(refused.stdout)
+    assert refused_plan["blocking"] == [f"{empty / name}: reference file not found" for name in
+                                        ("cutecat_guide_canny.png", "expected_controlnet_canny.png")], refused_plan
+    assert "2 things a run needs are missing" in refused.stderr
 
 
 def test_missing_models_fail_before_any_work(synthetic_refs: Path, offline_hub: Path, guides_cli, tmp_path: Path) -> None:

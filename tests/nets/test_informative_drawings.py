@@ -5,7 +5,8 @@ half-precision bounds.
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -128,11 +129,22 @@ def test_strict_loading_names_the_wrong_keys(reference: torch.nn.Module, tmp_pat
     assert "model4.1.bias" in str(error.value) and "model9.weight" in str(error.value)
 
 
-def test_output_is_white_paper_convention(ours: Generator) -> None:
-    """The sigmoid output is in [0, 1]; the annotator maps it to uint8 with 255 = paper."""
-    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+@pytest.mark.parametrize("bias, expected", [(0.0, 0.5), (math.log(3), 0.75), (-math.log(4), 0.2)])
+def test_known_weights_give_the_known_output(bias: float, expected: float) -> None:
+    """All weights zero and the head's bias b: every pixel of the output is sigmoid(b) exactly (the stem and
+    the norms see constants), at the input's size, on the fast path and the plain one; without the
+    sigmoid the output is b itself."""
+    model = lineart_generator()
+    raw = Generator(3, 1, 3, sigmoid=False)
+    with torch.no_grad():
+        for network in (model, raw):
+            for parameter in network.parameters():
+                parameter.zero_()
+            network.model4[1].bias.fill_(bias)
+    x = torch.rand(2, 3, 20, 28, generator=torch.Generator().manual_seed(6))
     with torch.inference_mode():
-        out = ours(x)
-    values = out.numpy()
-    assert values.min() >= 0.0 and values.max() <= 1.0
-    assert np.isfinite(values).all()
+        outputs = {"fast": model(x), "plain": model.reference_forward(x), "raw": raw(x), "raw plain": raw.reference_forward(x)}
+    for name, out in outputs.items():
+        assert out.shape == (2, 1, 20, 28), name
+        value = bias if name.startswith("raw") else expected
+        assert torch.allclose(out, torch.full_like(out, value), rtol=0, atol=1e-6), f"{name}: {out.min().item()}..{out.max().item()}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,13 +94,19 @@ def test_plain_path_matches_reference(reference: Reference, loaded: NNET) -> Non
         assert normal_diff <= 1e-5 and kappa_diff <= 1e-5, f"output {scale}: normals {normal_diff:.3g}, kappa {kappa_diff:.3g}"
 
 
-def test_prepared_channels_last_path_matches_reference(reference: Reference, loaded: NNET) -> None:
-    """The path the annotator runs: folded, split, channels-last."""
+@pytest.fixture(scope="module")
+def prepared_outputs(reference: Reference, loaded: NNET) -> list[torch.Tensor]:
+    """Our predictions of the reference's photo on the path the annotator runs: folded, split, channels-last."""
     model = normalbae_network()
     model.load_state_dict(loaded.state_dict())
     model = model.prepare_for_inference().to(memory_format=torch.channels_last)
     with torch.inference_mode():
-        outputs = model(reference.image.contiguous(memory_format=torch.channels_last))
+        return model(reference.image.contiguous(memory_format=torch.channels_last))
+
+
+def test_prepared_channels_last_path_matches_reference(reference: Reference, prepared_outputs: list[torch.Tensor]) -> None:
+    """The path the annotator runs: folded, split, channels-last."""
+    outputs = prepared_outputs
     diffs = [(ours[:, :3] - theirs[:, :3]).abs().max().item() for ours, theirs in zip(outputs, reference.outputs)]
     kappa = max(((o[:, 3] - t[:, 3]).abs() / t[:, 3]).max().item() for o, t in zip(outputs, reference.outputs))
     assert diffs[-1] <= FINAL_BOUND, f"final normals differ by {diffs[-1]:.3g}"
@@ -177,8 +182,10 @@ def test_strict_loading_names_the_wrong_keys(reference: Reference, tmp_path: Pat
     assert "decoder.up4._net.4.running_var" in str(error.value) and "decoder.extra.weight" in str(error.value)
 
 
-def test_prediction_is_unit_normals(reference: Reference) -> None:
-    final = reference.outputs[-1][0, :3]
-    lengths = final.norm(dim=0)
-    assert torch.allclose(lengths, torch.ones_like(lengths), atol=1e-5)
-    assert np.isfinite(final.numpy()).all()
+def test_prediction_is_unit_normals(reference: Reference, prepared_outputs: list[torch.Tensor]) -> None:
+    """Ours, at every scale: unit normals (channels 0..2) and kappa above its floor of 0.01 (channel 3)."""
+    assert [tuple(o.shape[2:]) for o in prepared_outputs] == [(12, 20), (24, 40), (48, 80), (96, 160)]
+    for scale, output in enumerate(prepared_outputs):
+        lengths = output[:, :3].norm(dim=1)
+        assert torch.allclose(lengths, torch.ones_like(lengths), atol=1e-5), f"output {scale}: |n| {lengths.min()}..{lengths.max()}"
+        assert torch.isfinite(output).all() and (output[:, 3] > 0.01).all(), f"output {scale}: kappa"

@@ -124,6 +124,36 @@ def test_relative_position_index_equals_timm() -> None:
         assert torch.equal(relative_position_index(*grid), gen_relative_position_index(grid)), grid
 
 
+def test_meta_build_fills_the_beit_buffers_with_timms_values_patching_nothing() -> None:
+    """After a meta-device build our network fills the BEiT's computed buffers itself (one index table per
+    window size); they equal what timm computes in a plain build, and timm and torch are never patched."""
+    import timm.models.beit as timm_beit
+    from torch import nn
+
+    from guides.weights.load import build_on_meta
+
+    gen_index, register_parameter = timm_beit.gen_relative_position_index, nn.Module.register_parameter
+    seen: list[bool] = []
+
+    def factory() -> ZoeDepth:
+        seen.append(timm_beit.gen_relative_position_index is gen_index and nn.Module.register_parameter is register_parameter)
+        network = ZoeDepth(TINY_CONFIG)
+        seen.append(timm_beit.gen_relative_position_index is gen_index and nn.Module.register_parameter is register_parameter)
+        return network
+
+    built = build_on_meta(factory)
+    assert seen == [True, True]  # built once (no fallback plain build), nothing swapped while building
+    assert timm_beit.gen_relative_position_index is gen_index and nn.Module.register_parameter is register_parameter
+    assert all(p.is_meta for p in built.parameters())
+    plain = ZoeDepth(TINY_CONFIG)  # timm computes its own tables here
+    blocks = built.core.core.pretrained.model.blocks
+    for ours, theirs in zip(blocks, plain.core.core.pretrained.model.blocks):
+        for name in ("relative_position_index", "k_bias"):
+            mine, timms = getattr(ours.attn, name), getattr(theirs.attn, name)
+            assert not mine.is_meta and mine.dtype == timms.dtype and torch.equal(mine, timms), name
+    assert blocks[0].attn.relative_position_index.data_ptr() != blocks[1].attn.relative_position_index.data_ptr()
+
+
 def test_network_input_size_equals_reference_resize() -> None:
     from controlnet_aux.zoe.zoedepth.models.base_models.midas import Resize
 

@@ -1,7 +1,8 @@
 """Fixtures for the weights tests: an isolated hub cache and a loopback HTTP server standing in for the hub.
 
 The server answers what huggingface_hub 2.x asks for (read from its source):
-* ``HEAD/GET /{owner}/{name}/resolve/{revision}/{path}``: file bytes with ``X-Repo-Commit``, ``ETag``
+* ``HEAD/GET /{owner}/{name}/resolve/{revision}/{path}``: file bytes with ``X-Repo-Commit`` (the revision
+  asked for when it is a commit, as the hub answers for a pinned download, else ``COMMIT``), ``ETag``
   (the sha256, as the hub sends for LFS files) and ``Content-Length``; 404 with ``X-Error-Code:
   EntryNotFound`` for an unknown file;
 * ``GET /api/models/{owner}/{name}/revision/{revision}``: ``{"id", "sha", "siblings"}`` (snapshot_download);
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +24,11 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _commit_for(revision: str) -> str:
+    """The commit the loopback hub reports: a commit asked for is itself, a branch is ``COMMIT``."""
+    return revision if re.fullmatch(r"[0-9a-f]{40}", revision) else COMMIT
 
 
 @dataclass
@@ -72,7 +79,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 if not names:
                     return self._send(404, b"{}", {"X-Error-Code": "RepoNotFound"}, head_only)
                 if parts[4] == "revision":
-                    return self._json({"id": repo, "sha": COMMIT, "siblings": [{"rfilename": n} for n in names]})
+                    return self._json({"id": repo, "sha": _commit_for(parts[5]),
+                                       "siblings": [{"rfilename": n} for n in names]})
                 return self._json(
                     [
                         {"type": "file", "path": n, "size": len(hub.files[(repo, n)]),
@@ -86,7 +94,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 if data is None:
                     return self._not_found(head_only)
                 headers = {
-                    "X-Repo-Commit": COMMIT,
+                    "X-Repo-Commit": _commit_for(parts[3]),
                     "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
                     "Content-Type": "application/octet-stream",
                 }

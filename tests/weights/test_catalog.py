@@ -79,8 +79,21 @@ def test_models_readme_lists_every_checkpoint_with_its_recorded_facts():
             assert f"{entry.size:,}" in row, (entry.size, row)
         if entry.sha256 is not None:
             assert entry.sha256 in row, row
+        assert (f"`{entry.revision}`" in row) if entry.pinned else ("main (not pinned)" in row), row
     for repo in DIFFUSERS_REPOS.values():
-        assert f"| `{repo.name}` |" in readme and repo.repo in readme, repo.name
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{repo.name}` |")), None)
+        assert row is not None and repo.repo in row, repo.name
+        assert (f"`{repo.revision}`" in row) if repo.pinned else ("main (not pinned)" in row), row
+
+
+def test_revisions_are_full_commits_or_main_and_annotator_files_are_pinned():
+    """A revision is a 40-hex commit (reproducible) or ``main``; never a short or made-up form."""
+    for entry in [*CHECKPOINTS.values(), *DIFFUSERS_REPOS.values()]:
+        assert entry.revision == "main" or re.fullmatch(r"[0-9a-f]{40}", entry.revision), entry
+        assert entry.pinned == (entry.revision != "main")
+    pinned = {name for name, entry in CHECKPOINTS.items() if entry.pinned}
+    assert pinned == {"lineart", "lineart-coarse", "normals", "sam-vit-h", "sam-vit-b"}
+    assert {name for name, repo in DIFFUSERS_REPOS.items() if not repo.pinned} == {"controlnet-sam"}
 
 
 def test_key_filters_recorded_per_checkpoint():

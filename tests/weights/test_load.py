@@ -18,7 +18,6 @@ from guides.weights.load import (
     build_on_meta,
     check_keys,
     drop_computed_buffers,
-    parameters_on_meta,
     strip_module_prefix,
     unwrap_model_dict,
 )
@@ -114,7 +113,7 @@ def test_legacy_non_zip_format_is_read_without_mmap(tmp_path, reference, sample)
         assert torch.equal(net(sample), reference(sample))
 
 
-def test_meta_build_skips_parameter_init_but_computes_buffers():
+def test_meta_build_skips_parameter_init_and_fills_computed_buffers_from_one_plain_build():
     calls = []
 
     class Counting(TinyNet):
@@ -123,10 +122,41 @@ def test_meta_build_skips_parameter_init_but_computes_buffers():
             calls.append(self.conv.weight.is_meta)
 
     net = build_on_meta(Counting)
-    assert calls == [True]
+    # built on meta, then once the plain way for the computed buffer (TinyNet has no fill hook)
+    assert calls == [True, False]
     assert all(p.is_meta for p in net.parameters())
-    assert torch.equal(net.index_table, torch.arange(6).view(2, 3))  # computed on the CPU
-    assert not net.norm.running_var.is_meta
+    assert torch.equal(net.index_table, torch.arange(6).view(2, 3)) and net.index_table.device.type == "cpu"
+    assert net.norm.running_var.is_meta  # persistent: comes from the file
+
+
+def test_a_network_with_a_fill_hook_is_built_once_on_meta():
+    calls = []
+
+    class Hooked(TinyNet):
+        def __init__(self) -> None:
+            super().__init__()
+            calls.append(self.index_table.is_meta)
+
+        def fill_computed_buffers(self) -> None:
+            if self.index_table.is_meta:
+                self.index_table = torch.arange(6).view(2, 3)
+
+    net = build_on_meta(Hooked)
+    assert calls == [True]
+    assert torch.equal(net.index_table, torch.arange(6).view(2, 3))
+    assert all(p.is_meta for p in net.parameters())
+
+
+def test_tensor_attributes_made_on_meta_get_their_computed_values(tmp_path):
+    class WithAttribute(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(2, 2)
+            self.offsets = torch.arange(2.0)  # neither parameter nor buffer
+
+    torch.save(WithAttribute().state_dict(), tmp_path / "attr.pth")
+    net = load_checkpoint_into(WithAttribute, tmp_path / "attr.pth", container="state_dict")
+    assert not net.offsets.is_meta and torch.equal(net.offsets, torch.arange(2.0))
 
 
 def test_meta_build_keeps_attributes_hung_on_parameters(tmp_path):
@@ -154,15 +184,42 @@ def test_meta_build_does_not_leak_to_other_threads():
         built["other"] = nn.Linear(2, 2).weight.is_meta
         release.set()
 
+    def factory() -> nn.Module:
+        inside.set()
+        release.wait(5)  # the other thread builds while this one is inside the meta-device build
+        layer = nn.Linear(2, 2)
+        built["here"] = layer.weight.is_meta
+        return layer
+
     worker = threading.Thread(target=other_thread)
     worker.start()
-    with parameters_on_meta():
-        inside.set()
-        release.wait(5)
-        built["here"] = nn.Linear(2, 2).weight.is_meta
+    build_on_meta(factory)
     worker.join(5)
     assert built == {"other": False, "here": True}
-    assert not nn.Linear(2, 2).weight.is_meta  # patch removed afterwards
+    assert not nn.Linear(2, 2).weight.is_meta
+
+
+def test_loading_patches_nothing_global(tmp_path, reference):
+    """torch's and timm's functions are the same objects before, during and after a load (issue 12, item 11)."""
+    timm_beit = pytest.importorskip("timm.models.beit")
+    register_parameter = nn.Module.register_parameter
+    module_setattr = nn.Module.__setattr__
+    gen_index = timm_beit.gen_relative_position_index
+    seen: list[bool] = []
+
+    class Watching(TinyNet):
+        def __init__(self) -> None:
+            seen.append(nn.Module.register_parameter is register_parameter
+                        and nn.Module.__setattr__ is module_setattr
+                        and timm_beit.gen_relative_position_index is gen_index)
+            super().__init__()
+
+    path = tmp_path / "net.pth"
+    torch.save(reference.state_dict(), path)
+    load_checkpoint_into(Watching, path, container="state_dict")
+    assert seen and all(seen), seen
+    assert nn.Module.register_parameter is register_parameter and nn.Module.__setattr__ is module_setattr
+    assert timm_beit.gen_relative_position_index is gen_index
 
 
 # ---------------------------------------------------------------------------------- unsafe files
@@ -391,7 +448,10 @@ def test_persistent_buffer_derived_from_a_parameter_comes_from_the_file(tmp_path
     assert torch.equal(net.derived, sd["derived"])
 
 
-def test_computed_buffer_derived_from_a_parameter_is_reported_not_left_on_meta(tmp_path):
+def test_computed_buffer_derived_from_a_parameter_is_what_a_plain_load_keeps(tmp_path):
+    """A computed buffer derived from the initial parameters cannot come from the file: it is the plain
+    build's, exactly what construct + load_state_dict would leave, and never left on the meta device."""
+
     class Derived(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -400,8 +460,8 @@ def test_computed_buffer_derived_from_a_parameter_is_reported_not_left_on_meta(t
 
     path = tmp_path / "derived.pth"
     torch.save(Derived().state_dict(), path)
-    with pytest.raises(WeightsError, match="left without weights after loading: scale"):
-        load_checkpoint_into(Derived, path, container="state_dict")
+    net = load_checkpoint_into(Derived, path, container="state_dict")
+    assert not net.scale.is_meta and net.scale.device.type == "cpu" and float(net.scale) > 0
 
 
 def test_load_named_checkpoint_applies_the_catalogs_container_and_filters(tmp_path, reference, sample):

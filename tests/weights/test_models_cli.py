@@ -39,6 +39,12 @@ def test_list_shows_every_checkpoint_with_where_it_is(tmp_path):
     depth = next(line for line in lines if line.startswith("depth "))
     assert depth.endswith("missing") and "ZoeD_M12_N.pt" in depth and "1.4 GB" in depth
     assert any(line.startswith("controlnet-canny ") and line.endswith("missing") for line in lines)
+    # the revision a download fetches: a pinned commit, or main marked as not pinned
+    assert "REVISION" in lines[0] and f" {catalog.ANNOTATORS_COMMIT[:12]} " in lineart and "(not pinned)" not in lineart
+    assert " main (not pinned) " in depth
+    for entry in [*catalog.CHECKPOINTS.values(), *catalog.DIFFUSERS_REPOS.values()]:
+        line = next(line for line in lines if line.startswith(entry.name + " "))
+        assert (entry.revision[:12] in line) if entry.pinned else ("main (not pinned)" in line), line
 
 
 def test_path_prints_the_resolved_file(tmp_path, monkeypatch):

@@ -170,7 +170,9 @@ def test_download_through_the_hub_client_then_found_in_the_cache_offline(fake_hu
     path = resolve_checkpoint("sam-vit-b")
     assert path.read_bytes() == PAYLOAD
     assert hub_cache_dir() in path.parents
-    assert fake_hub.downloads() == [f"/{entry.repo}/resolve/main/{entry.filename}"]
+    assert entry.pinned  # the download asks for the catalog's commit, not the moving main branch
+    assert fake_hub.downloads() == [f"/{entry.repo}/resolve/{entry.revision}/{entry.filename}"]
+    assert f"snapshots/{entry.revision}/" in path.as_posix()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert resolve_checkpoint("sam-vit-b") == path
     assert len(fake_hub.downloads()) == 1

@@ -15,6 +15,7 @@ Importing this package imports neither torch nor any model code.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from PIL import Image
@@ -25,10 +26,12 @@ from .annotators.base import Annotator  # noqa: E402
 from .errors import GuidesError, InputError, UsageError, WeightsError  # noqa: E402
 from .imaging import ImageLike, to_pil, to_rgb_array  # noqa: E402
 from .registry import available, get  # noqa: E402
+from .system import tune_allocator  # noqa: E402  (standard library only; never called by the package)
 
 __all__ = [
     "Annotator", "GuidesError", "InputError", "UsageError", "WeightsError",
     "annotate", "available", "canny", "composite", "depth", "get", "lineart", "load", "mask", "normals", "sam",
+    "tune_allocator",
 ]
 
 
@@ -46,9 +49,12 @@ def annotate(name: str, image: ImageLike, **options: Any) -> Image.Image:
         annotator.close()
 
 
-def canny(image: ImageLike, low: int = 100, high: int = 200, resolution: int = 0) -> Image.Image:
-    """Canny edges (L, 0/255), bit-exact with ``cv2.Canny(cv2.imread(path), low, high)``."""
-    return annotate("canny", image, low=low, high=high, resolution=resolution)
+def canny(image: ImageLike, low: int = 100, high: int = 200, resolution: int = 0,
+          max_working_pixels: int | None = None) -> Image.Image:
+    """Canny edges (L, 0/255), bit-exact with ``cv2.Canny(cv2.imread(path), low, high)``.
+
+    ``max_working_pixels``: refuse an image whose working size has more pixels (default 2**28)."""
+    return annotate("canny", image, low=low, high=high, resolution=resolution, max_working_pixels=max_working_pixels)
 
 
 def depth(image: ImageLike, format: str = "rgba", flip: bool = True, pad: bool = True, resolution: int = 0,
@@ -98,10 +104,16 @@ def composite(
     invert_mask: bool = False,
     resize_mask: bool = False,
 ) -> Image.Image:
-    """Inpainting target: ``image`` where ``mask`` is black (< 128), ``background`` where it is white."""
+    """Inpainting target: ``image`` where ``mask`` is black (< 128), ``background`` where it is white.
+
+    A mask of one colour with varying transparency uses its alpha (opaque repaints; see
+    ``guides.imaging.load_mask``). A mask that repaints everything or nothing logs a warning.
+    """
     from .annotators.composite import composite as make_composite
     from .annotators.composite import parse_color
+    from .imaging import load_mask
 
     color = parse_color(background) if isinstance(background, str) else tuple(background)
-    result = make_composite(to_rgb_array(image), to_rgb_array(mask), color, invert_mask, resize_mask)  # type: ignore[arg-type]
+    name = str(mask) if isinstance(mask, (str, os.PathLike)) else "mask"
+    result = make_composite(to_rgb_array(image), load_mask(mask), color, invert_mask, resize_mask, mask_name=name)  # type: ignore[arg-type]
     return Image.fromarray(result)

@@ -6,17 +6,22 @@
 * **Running** (``run_jobs``): decoding and encoding/writing run in a pool of ``workers`` threads
   (OpenCV and Pillow release the GIL), annotating runs in the calling thread in batches, and a small
   bounded window of images in flight keeps memory flat whatever the number of files.
-* **Safety**: bad files become ``Failure`` lines and the batch goes on; outputs are written atomically
-  (temporary file + rename), and existing outputs are skipped unless ``overwrite``, so a rerun resumes.
+* **Safety**: bad input (any ``GuidesError``: unreadable, corrupt, too large, ...) becomes a ``Failure``
+  line and the batch goes on; a device out-of-memory is retried image by image and then reported for
+  that file. Anything else is a bug: the run stops with ``InternalError`` naming the file (pending work
+  is cancelled; no file is half-written). Outputs are written atomically (temporary file + rename), and
+  complete outputs are skipped unless ``overwrite``, so a rerun resumes.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -26,7 +31,7 @@ from typing import Protocol, Union
 
 import numpy as np
 
-from .errors import GuidesError, InputError
+from .errors import GuidesError, InputError, InternalError, UsageError
 from .imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, TEMP_MARK, load_image, remove_stale_temp_files, write_png_atomic
 
 logger = logging.getLogger(__name__)
@@ -103,6 +108,19 @@ class Summary:
 # --------------------------------------------------------------------------------------------- plan
 
 
+#: Output names of the commands that are not annotators: ``inpaint-target`` writes ``<stem>.target.png``
+#: (beside ``<stem>.mask.png``), ``composite`` writes ``<stem>.composite.png``.
+EXTRA_OUTPUT_NAMES = ("target", "composite")
+
+
+def output_names() -> tuple[str, ...]:
+    """Every ``NAME`` some guides command writes as ``<stem>.NAME.png``: the registered annotators and
+    ``EXTRA_OUTPUT_NAMES``. Folder walks never take such files as inputs."""
+    from .registry import REGISTRY
+
+    return (*REGISTRY, *EXTRA_OUTPUT_NAMES)
+
+
 def output_path(source: Path, stage: str) -> Path:
     """The naming rule without ``-o``: ``photo.jpg`` -> ``photo.<stage>.png`` beside the input."""
     return source.with_name(f"{source.stem}.{stage}.png")
@@ -114,9 +132,17 @@ def is_own_output(path: Path, stage_names: Iterable[str]) -> bool:
     return any(name.endswith(f".{stage}.png") for stage in stage_names)
 
 
-def walk_images(folder: Path, skip: Callable[[Path], bool] = lambda path: False) -> Iterator[Path]:
-    """Image files under ``folder``, recursively, in sorted order; hidden temp files and ``skip`` excluded."""
-    for root, dirs, files in os.walk(folder):
+def walk_images(
+    folder: Path,
+    skip: Callable[[Path], bool] = lambda path: False,
+    on_error: Callable[[OSError], None] | None = None,
+) -> Iterator[Path]:
+    """Image files under ``folder``, recursively, in sorted order; hidden temp files and ``skip`` excluded.
+
+    ``on_error`` gets the ``OSError`` of each folder that cannot be listed (e.g. permission denied);
+    without it such folders are passed over silently, as ``os.walk`` does.
+    """
+    for root, dirs, files in os.walk(folder, onerror=on_error):
         dirs.sort()
         for name in sorted(files):
             if TEMP_MARK in name or not name.lower().endswith(IMAGE_SUFFIXES):
@@ -135,36 +161,65 @@ def plan_jobs(
 ) -> tuple[list[Job], list[Failure]]:
     """Turn command-line inputs into jobs.
 
-    * ``output is None``: each guide goes beside its input as ``<stem>.<stage>.png``; files with such
-      names (for any name in ``own_outputs``) are not walked as inputs.
+    * ``output is None``: each guide goes beside its input as ``<stem>.<stage>.png``.
     * ``output`` ending in ``.png`` with one file input and one stage: that exact file.
     * otherwise ``output`` is a folder: ``OUT/<relative path>.png`` (``OUT/<stage>/<relative path>.png``
       when ``per_stage_folders``); a file input's relative path is its name, a folder input's files
       keep their path relative to that folder.
-    """
-    own = tuple(own_outputs) or tuple(stages)
-    failures: list[Failure] = []
-    sources: list[tuple[Path, Path]] = []  # (file, path relative to its input root)
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            skip = (lambda p: is_own_output(p, own)) if output is None else (lambda p: False)
-            sources.extend((file, file.relative_to(path)) for file in walk_images(path, skip))
-        elif path.exists() or path.is_symlink():
-            sources.append((path, Path(path.name)))
-        else:
-            failures.append(Failure(str(path), "no such file or folder"))
 
+    Walking a folder never yields a guide: files named ``<stem>.NAME.png`` for any name of
+    ``output_names()``, ``stages`` or ``own_outputs``, and anything under the output folder (``OUT``, or
+    ``OUT/NAME`` with ``per_stage_folders``) are left out; a file named explicitly is still read. An input
+    given twice (or a file inside a folder also given) is planned once. An output folder that is an
+    existing file, or that is the walked folder itself without ``per_stage_folders`` (the guides would
+    replace the photos), is a ``UsageError``: nothing is planned.
+    """
+    names = tuple(dict.fromkeys((*output_names(), *own_outputs, *stages)))
     out = None if output is None else Path(output)
     single_file = (
         out is not None
-        and len(sources) == 1
         and len(stages) == 1
         and len(inputs) == 1
-        and not Path(inputs[0]).is_dir()
+        and _input_kind(Path(inputs[0]))[0] != "dir"
         and out.suffix.lower() == ".png"
-        and not out.is_dir()
+        and _input_kind(out)[0] != "dir"
     )
+    if out is not None and not single_file:
+        _check_output_folder(out, stages, per_stage_folders)
+    roots = [] if out is None else [_identity(out / name) for name in names] if per_stage_folders else [_identity(out)]
+    failures: list[Failure] = []
+    sources: list[tuple[Path, Path]] = []  # (file, path relative to its input root)
+    seen: set[Path] = set()
+
+    def add(file: Path, relative: Path) -> None:
+        key = _identity(file)
+        if key in seen:
+            logger.debug("%s is given more than once; planned once", file)
+            return
+        seen.add(key)
+        sources.append((file, relative))
+
+    def unlisted(error: OSError) -> None:
+        failures.append(Failure(str(error.filename), f"cannot read folder: {error.strerror or error}"))
+
+    for raw in inputs:
+        path = Path(raw)
+        kind, problem = _input_kind(path)
+        if kind == "dir":
+            folder = _identity(path)
+            if out is not None and not per_stage_folders and _identity(out) == folder:
+                raise UsageError(f"-o {out}: is the input folder; the guides would be mixed with (and replace) "
+                                 "the photos: choose another folder, e.g. a new folder inside it")
+            inside = [root for root in roots if folder in root.parents]  # output folders within this tree
+            skip = functools.partial(_not_an_input, names=names, roots=inside)
+            for file in walk_images(path, skip, unlisted):
+                add(file, file.relative_to(path))
+        elif kind == "file":
+            add(path, Path(path.name))
+        else:
+            failures.append(Failure(str(path), problem or "no such file or folder"))
+
+    single_file = single_file and len(sources) == 1
     input_files = {_identity(source) for source, _ in sources}
     claimed: dict[Path, Path] = {}
     jobs: list[Job] = []
@@ -190,6 +245,44 @@ def plan_jobs(
     return jobs, failures
 
 
+def _input_kind(path: Path) -> tuple[str, str | None]:
+    """``("dir" | "file" | "missing" | "error", reason)`` of one command-line input, without raising.
+
+    A dangling symlink is a "file" (reading it reports it); a path whose folder cannot be searched is an
+    "error" with its reason, reported like any unreadable file.
+    """
+    try:
+        status = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return ("file", None) if path.is_symlink() else ("missing", "no such file or folder")
+    except PermissionError:
+        return "error", "cannot read: permission denied"
+    except OSError as error:
+        return "error", f"cannot read: {error.strerror or error}"
+    return ("dir" if stat.S_ISDIR(status.st_mode) else "file"), None
+
+
+def _check_output_folder(out: Path, stages: Sequence[str], per_stage_folders: bool) -> None:
+    """A UsageError when ``out`` (or ``out/<stage>``) exists and is not a folder: one line, not one per input."""
+    folders = [out] + ([out / stage for stage in stages] if per_stage_folders else [])
+    for folder in folders:
+        try:
+            is_file = folder.exists() and not folder.is_dir()
+        except OSError:
+            continue  # unreadable: each write reports it
+        if is_file:
+            hint = "; a .png output takes one input file and one annotator" if folder is out and out.suffix.lower() == ".png" else ""
+            raise UsageError(f"-o {out}: {folder} is a file, not a folder{hint}")
+
+
+def _not_an_input(path: Path, names: Sequence[str], roots: Sequence[Path]) -> bool:
+    """True for a walked file that is a guide: named like one, or under an output folder."""
+    if is_own_output(path, names):
+        return True
+    parents = _identity(path).parents
+    return any(root in parents for root in roots)
+
+
 def _identity(path: Path) -> Path:
     return Path(os.path.normcase(os.path.abspath(path)))
 
@@ -203,6 +296,35 @@ def _output_problem(source: Path, outputs: Mapping[str, tuple[Path, ...]], claim
             if key in claimed:
                 return f"output {target} is also the output of {claimed[key]}; rename one of them"
     return None
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
+
+
+def output_is_complete(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a whole PNG: its signature first and the IEND chunk last (two small reads).
+
+    What decides "already done" when a batch resumes: a zero-byte file, a truncated one or anything
+    else at an output path is written again, not counted as done.
+    """
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size < len(_PNG_SIGNATURE) + len(_PNG_END):
+                return False
+            head = handle.read(len(_PNG_SIGNATURE))
+            handle.seek(size - len(_PNG_END))
+            tail = handle.read(len(_PNG_END))
+    except OSError:
+        return False
+    return head == _PNG_SIGNATURE and tail == _PNG_END
+
+
+def stages_to_run(job: Job, overwrite: bool = False) -> tuple[str, ...]:
+    """The stages of ``job`` whose outputs are not all complete (every stage with ``overwrite``)."""
+    return tuple(name for name, targets in job.outputs.items()
+                 if overwrite or not all(output_is_complete(target) for target in targets))
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -232,6 +354,10 @@ def run_jobs(
     ``workers`` threads decode and write (default: the number of cores); the calling thread runs the
     stages, batching images with equal ``batch_key`` up to each stage's ``batch_size``. At most a
     small window of images is held in memory at once. ``progress=None`` shows a bar on a terminal.
+
+    A ``GuidesError`` (bad input, unwritable output) or an ``OSError`` while writing fails that file and
+    the batch goes on; any other exception from decoding, a stage or writing raises ``InternalError``
+    (path, stage, error) after cancelling the queued work and waiting for the running writes.
     """
     workers = max(1, workers or os.cpu_count() or 1)
     summary = Summary(failed=list(failures))
@@ -251,13 +377,13 @@ def run_jobs(
 
     def finish_write(pending: _Pending, future: Future[None]) -> None:
         try:
-            future.result()
+            future.result()  # an InternalError (a bug) propagates and stops the run
         except GuidesError as error:
             fail(pending, _reason(error, pending.job.source))
             return
-        except Exception as error:  # noqa: BLE001 - one file's failure never stops the batch
+        except OSError as error:  # disk full, permissions: this file's problem, not a bug
             logger.debug("writing %s failed", pending.job.source, exc_info=True)
-            fail(pending, f"cannot write guide ({type(error).__name__}: {error})")
+            fail(pending, write_failure_reason(error))
             return
         summary.written += 1
         bar.update(1)
@@ -292,9 +418,10 @@ def run_jobs(
         except GuidesError as error:
             fail(pending, _reason(error, pending.job.source))
             return
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
+            reason = decode_failure_reason(pending.job.source, error)  # raises InternalError for a bug
             logger.debug("decoding %s failed", pending.job.source, exc_info=True)
-            fail(pending, f"cannot decode ({type(error).__name__}: {error})")
+            fail(pending, reason)
             return
         ready.append(pending)
         annotate_ready()
@@ -307,7 +434,7 @@ def run_jobs(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="guides-io") as pool:
         try:
             for job in jobs:
-                needed = tuple(name for name, targets in job.outputs.items() if overwrite or not all(t.exists() for t in targets))
+                needed = stages_to_run(job, overwrite)
                 if not needed:
                     summary.skipped += 1
                     bar.update(1)
@@ -322,8 +449,11 @@ def run_jobs(
             annotate_ready(force=True)
             drain_writes(0)
         except BaseException:
+            # Stop cleanly: queued decodes and writes are dropped, running ones finish (writes are
+            # atomic, so no output is half-written) before the error leaves the pool.
             for _, future in list(decoding) + list(writing):
                 future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
         finally:
             bar.close()
@@ -346,7 +476,8 @@ def _annotate(batch: list[_Pending], stages: Mapping[str, Stage], fail: Callable
         for group in groups.values():
             for start in range(0, len(group), stage.batch_size):
                 chunk = group[start : start + stage.batch_size]
-                for pending, result in zip(chunk, _run_stage(stage, name, chunk)):
+                results = run_stage(stage, name, [p.image for p in chunk], [p.job.source for p in chunk])  # type: ignore[misc]
+                for pending, result in zip(chunk, results):
                     if isinstance(result, Failure):
                         pending.image = None
                         pending.results.clear()
@@ -357,31 +488,101 @@ def _annotate(batch: list[_Pending], stages: Mapping[str, Stage], fail: Callable
         pending.image = None  # free the decoded image as soon as its guides exist
 
 
-def _run_stage(stage: Stage, name: str, chunk: list[_Pending]) -> list[GuideResult | Failure]:
-    images = [p.image for p in chunk]
-    try:
-        results = list(stage.annotate_batch(images))  # type: ignore[arg-type]
-        if len(results) != len(images):
-            raise RuntimeError(f"{name} returned {len(results)} guides for {len(images)} images")
+def is_out_of_memory(error: BaseException) -> bool:
+    """A device or host out-of-memory, recognised without importing torch: ``MemoryError``, any class
+    named ``OutOfMemoryError`` (``torch.cuda.OutOfMemoryError``, ...), or a ``RuntimeError`` saying
+    "out of memory" / "can't allocate memory" (CUDA, MPS and CPU allocators)."""
+    if isinstance(error, MemoryError) or any(cls.__name__ == "OutOfMemoryError" for cls in type(error).__mro__):
+        return True
+    if isinstance(error, RuntimeError):
+        text = str(error).lower()
+        return "out of memory" in text or "can't allocate memory" in text
+    return False
+
+
+def out_of_memory_reason(name: str, error: BaseException) -> str:
+    """The failure line of an image that ran out of memory even alone: what happened and what to change."""
+    return (f"{name} ran out of memory on this image ({type(error).__name__}: {_first_line(error)}); "
+            "try a smaller --batch-size, a lower --resolution or --precision fp16/bf16")
+
+
+def decode_failure_reason(path: str | os.PathLike, error: Exception) -> str:
+    """The failure line of a decode that raised ``error`` (not a ``GuidesError``): out of memory is one
+    file's failure; anything else is a bug in the reader and raises ``InternalError``."""
+    if is_out_of_memory(error):
+        return f"cannot decode: out of memory ({type(error).__name__}: {_first_line(error)}); try fewer --jobs"
+    raise InternalError(path, "decode", error) from error
+
+
+def write_failure_reason(error: OSError) -> str:
+    """The failure line of an ``OSError`` met while writing (disk full, permission denied, ...)."""
+    return f"cannot write guide: {error.strerror or error}"
+
+
+def run_stage(stage: Stage, name: str, images: Sequence[np.ndarray], sources: Sequence[str | os.PathLike]) -> list[GuideResult | Failure]:
+    """One ``annotate_batch`` call over ``images`` (from ``sources``): a guide or a ``Failure`` per image.
+
+    * A ``GuidesError`` is bad input: a batch of several is retried image by image to find the
+      image at fault (the others still get their guides); that image gets a ``Failure``.
+    * An out-of-memory (``is_out_of_memory``) in a batch of several is retried at batch size 1; an image
+      that still runs out alone gets a ``Failure`` naming the options to change.
+    * Anything else is a bug: ``InternalError(path, name, error)`` is raised (after an image-by-image
+      retry of a batch, so that it names the file it happens on). Shared by the local and Ray engines.
+    """
+    outcome = _call_stage(stage, name, images)
+    if not isinstance(outcome, BaseException):
+        return outcome
+    error = outcome
+    if len(images) > 1:
+        if is_out_of_memory(error):
+            logger.info("%s ran out of memory on a batch of %d; retrying image by image (a smaller --batch-size "
+                        "avoids this)", name, len(images))
+            error.__traceback__ = None  # release the failed attempt's frames (and device memory) first
+        results = [result for image, source in zip(images, sources) for result in run_stage(stage, name, [image], [source])]
+        if not isinstance(error, GuidesError) and not is_out_of_memory(error):
+            # Every image passes alone, yet the batch raised: still a bug, reported on the batch's first file.
+            raise InternalError(sources[0], name, error) from error
         return results
-    except Exception:
-        if len(chunk) > 1:  # find the image at fault; the others still get their guides
-            return [result for p in chunk for result in _run_stage(stage, name, [p])]
-        error = sys.exc_info()[1]
-        if isinstance(error, GuidesError):
-            return [Failure(str(chunk[0].job.source), _reason(error, chunk[0].job.source))]
-        logger.debug("%s failed on %s", name, chunk[0].job.source, exc_info=True)
-        return [Failure(str(chunk[0].job.source), f"{name} failed ({type(error).__name__}: {error})")]
+    source = str(sources[0])
+    if isinstance(error, GuidesError):
+        return [Failure(source, _reason(error, source))]
+    if is_out_of_memory(error):
+        logger.debug("%s ran out of memory on %s", name, source, exc_info=error)
+        return [Failure(source, out_of_memory_reason(name, error))]
+    raise InternalError(source, name, error) from error
+
+
+def _call_stage(stage: Stage, name: str, images: Sequence[np.ndarray]) -> list[GuideResult] | Exception:
+    """The stage's results, or the exception it raised (returned, so a retry runs outside the handler)."""
+    try:
+        results = list(stage.annotate_batch(images))
+    except Exception as error:  # noqa: BLE001 - sorted out by run_stage
+        return error
+    if len(results) != len(images):
+        return RuntimeError(f"{name} returned {len(results)} guides for {len(images)} images")
+    return results
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    text = (str(error).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _write_outputs(job: Job, results: Mapping[str, GuideResult]) -> None:
+    """Encode and write one job's guides (worker thread). ``GuidesError`` and ``OSError`` are this file's
+    failure; anything else (a guide that is not an image array, a wrong number of guides) is a bug."""
     for name, result in results.items():
-        guides = result if isinstance(result, tuple) else (result,)
-        targets = job.outputs[name]
-        if len(guides) != len(targets):
-            raise RuntimeError(f"{name} made {len(guides)} guides for {len(targets)} outputs")
-        for target, guide in zip(targets, guides):
-            write_png_atomic(target, guide)
+        try:
+            guides = result if isinstance(result, tuple) else (result,)
+            targets = job.outputs[name]
+            if len(guides) != len(targets):
+                raise RuntimeError(f"{name} made {len(guides)} guides for {len(targets)} outputs")
+            for target, guide in zip(targets, guides):
+                write_png_atomic(target, guide)
+        except (GuidesError, OSError):
+            raise
+        except Exception as error:
+            raise InternalError(job.source, name, error) from error
 
 
 def _reason(error: GuidesError, source: Path) -> str:

@@ -78,6 +78,11 @@ class ModelOptions(AnnotatorOptions):
     """Flat folder of checkpoints under their hub file names (else GUIDES_MODELS_DIR, hub cache)."""
     checkpoint: str | None = None
     """An explicit checkpoint file, overriding every lookup."""
+    download: bool = True
+    """Download a checkpoint found neither as ``checkpoint``, in the models folder nor in the hub cache.
+    The Python API keeps the hub's ``from_pretrained`` convention (True); the CLI sets False unless
+    ``--download`` is given, so a command never starts a multi-gigabyte download unasked. False: a
+    missing checkpoint fails at once (WeightsError naming ``guides models download NAME``)."""
     max_working_pixels: int | None = None
     """Refuse an image whose working size has more pixels (None: the annotator's own limit, sized to keep
     its memory to about 10 GB at fp32). Guards against extreme aspect ratios, which ``resolution``

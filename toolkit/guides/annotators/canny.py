@@ -3,6 +3,10 @@
 Bit-exact with ``cv2.Canny(cv2.imread(path), low, high)``: OpenCV's Canny on a colour image takes the
 strongest gradient over the channels, and ties resolve by channel order, so we feed BGR exactly as
 ``cv2.imread`` gives it (the reference guide was made that way; RGB order differs in a few pixels).
+
+The working size (after ``--resolution``) is checked before anything of that size is allocated, as for
+the learned annotators: ``resolution`` enlarges extreme aspect ratios enormously (a 1 x 100000 strip at
+512 becomes 512 x 51200000, 78 GB of BGR), and such an image is one failed file, not an OpenCV crash.
 """
 
 from __future__ import annotations
@@ -13,8 +17,14 @@ import click
 import cv2
 import numpy as np
 
-from ..imaging import resize_image
+from ..imaging import DEFAULT_MAX_PIXELS, resize_image
 from .base import Annotator, AnnotatorOptions
+from .learned import check_working_pixels
+
+#: Working pixels allowed by default: the ``--max-pixels`` default (2**28, 16384 x 16384). Canny needs
+#: about 20 bytes a working pixel at its peak (BGR copy, 16-bit Sobel gradients of three channels, edge
+#: map, output), so about 5 GB at this limit; an image ``--max-pixels`` lets in passes at resolution 0.
+DEFAULT_MAX_WORKING_PIXELS = DEFAULT_MAX_PIXELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +33,8 @@ class CannyOptions(AnnotatorOptions):
     """Lower hysteresis threshold."""
     high: int = 200
     """Upper hysteresis threshold."""
+    max_working_pixels: int | None = None
+    """Refuse an image whose working size has more pixels (None: ``DEFAULT_MAX_WORKING_PIXELS``)."""
 
 
 class CannyAnnotator(Annotator):
@@ -33,9 +45,15 @@ class CannyAnnotator(Annotator):
     cli_options = (
         click.option("--low", type=click.IntRange(0, 10_000), default=100, show_default=True, help="Lower hysteresis threshold."),
         click.option("--high", type=click.IntRange(0, 10_000), default=200, show_default=True, help="Upper hysteresis threshold."),
+        click.option("--max-working-pixels", type=click.IntRange(1), default=None,
+                     help="Refuse images whose working size (after --resolution) has more pixels "
+                          f"[default: {DEFAULT_MAX_WORKING_PIXELS:,}]."),
     )
 
     def annotate(self, image: np.ndarray) -> np.ndarray:
+        limit = self.options.max_working_pixels
+        check_working_pixels("canny", image.shape[0], image.shape[1], self.options.resolution,
+                             DEFAULT_MAX_WORKING_PIXELS if limit is None else limit)
         image = resize_image(image, self.options.resolution)
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         return cv2.Canny(bgr, self.options.low, self.options.high)

@@ -161,7 +161,10 @@ class DepthAnnotator(LearnedAnnotator):
 
     def load(self) -> Any:
         """``ZoeD_M12_N.pt`` through the weights contract (--checkpoint, models folder, hub cache, download)."""
-        return load_network(self.options.models_dir, self.options.checkpoint)
+        return load_network(self.options.models_dir, str(self.checkpoint_file("depth")))
+
+    def checkpoint_name(self) -> str:
+        return "depth"
 
     def prepare(self, model: Any) -> Any:
         return prepare_network(model, self.device, self.dtype)

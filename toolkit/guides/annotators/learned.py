@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Hashable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -67,9 +68,11 @@ def refuse_cpu_fp16(name: str, device: torch.device, dtype: torch.dtype) -> None
         )
 
 
-def check_working_pixels(name: str, height: int, width: int, resolution: int, limit: int) -> None:
+def check_working_pixels(name: str, height: int, width: int, resolution: int, limit: int,
+                         option: str = "--max-working-pixels") -> None:
     """Refuse an image whose working size has more than ``limit`` pixels (an InputError: the batch
-    reports that file and goes on), before anything of that size is allocated."""
+    reports that file and goes on), before anything of that size is allocated; the message suggests
+    raising ``option``."""
     working_h, working_w = working_size(height, width, resolution)
     if working_h * working_w > limit:
         how = f"at --resolution {resolution}" if resolution > 0 else "at its own size"
@@ -77,7 +80,7 @@ def check_working_pixels(name: str, height: int, width: int, resolution: int, li
             None,
             f"{width}x{height} image: working size {working_w}x{working_h} {how} has "
             f"{working_h * working_w:,} pixels, over the {name} limit of {limit:,} "
-            "(use a smaller --resolution or raise --max-working-pixels)",
+            f"(use a smaller --resolution or raise {option})",
         )
 
 
@@ -116,6 +119,10 @@ class LearnedAnnotator(Annotator):
         super().__init__(options)
         check_model_options(self.name, options)
         self.check_options()
+        self._checkpoints: dict[str, Path] = {}
+        name = self.checkpoint_name() if model is None else None
+        if name is not None:  # before torch is imported: a missing checkpoint fails at once
+            self.checkpoint_file(name)
         from ..devices import resolve_device, resolve_dtype
 
         self.device = resolve_device(options.device)
@@ -126,6 +133,28 @@ class LearnedAnnotator(Annotator):
 
     def check_options(self) -> None:
         """Refuse the subclass's own bad option values (UsageError), before any loading."""
+
+    def checkpoint_name(self) -> str | None:
+        """The catalog checkpoint these options load (``guides.weights.catalog``), resolved when the
+        annotator is built, before torch is imported; None: ``load`` finds its own."""
+        return None
+
+    def checkpoint_file(self, name: str) -> Path:
+        """The file of catalog checkpoint ``name`` for these options, recorded in ``loaded_files``.
+
+        Explicit ``options.checkpoint`` > ``options.models_dir`` (else GUIDES_MODELS_DIR) > hub cache >
+        download, only when ``options.download`` (else, or offline, a WeightsError at once saying how to
+        get it). Resolved once per name; ``load`` loads exactly the file this returns.
+        """
+        path = self._checkpoints.get(name)
+        if path is None:
+            from ..weights.resolve import resolve_checkpoint
+
+            path = Path(resolve_checkpoint(name, explicit=self.options.checkpoint, models_dir=self.options.models_dir,
+                                           download=self.options.download))
+            self._checkpoints[name] = path
+        self.loaded_files = (path,)
+        return path
 
     @abstractmethod
     def load(self) -> Any:

@@ -66,7 +66,11 @@ class LineartAnnotator(LearnedAnnotator):
     def load(self) -> Any:
         """``sk_model.pth`` (``sk_model2.pth`` with ``coarse``) through the weights contract
         (--checkpoint, models folder, hub cache, download)."""
-        return load_network(self.options.coarse, self.options.models_dir, self.options.checkpoint)
+        path = self.checkpoint_file(self.checkpoint_name())
+        return load_network(self.options.coarse, self.options.models_dir, str(path))
+
+    def checkpoint_name(self) -> str:
+        return "lineart-coarse" if self.options.coarse else "lineart"
 
     def prepare(self, model: Any) -> Any:
         return model.to(self.device, self.dtype).eval()

@@ -11,8 +11,10 @@ How the subject is chosen:
   predicted IoU (ties: higher stability score, then larger area). If no automatic mask covers the
   centre, the centre pixel is used as a point prompt (as above).
 
-Then ``--invert`` (repaint the subject instead), ``--dilate N`` (grow the white area by N pixels; negative
-shrinks it) and ``--feather N`` (soft edge; the mask is then no longer binary).
+The subject is found at the working size (``--resolution``; by default the input size) and resized to
+the input size by nearest neighbour. Then ``--invert`` (repaint the subject instead), ``--dilate N``
+(grow the white area by N pixels of the input; negative shrinks it) and ``--feather N`` (soft edge; the
+mask is then no longer binary). The mask always has the size of the input image.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from .sam_common import (
     Point,
     PointType,
     SamEngineAnnotator,
+    SamEngineCache,
     SamModelOptions,
     automatic_subject,
     best_of_three,
     finish_mask,
     normalize_box,
     normalize_points,
+    resize_nearest,
     sam_cli_options,
     scale_prompts,
 )
@@ -63,7 +67,7 @@ class MaskOptions(SamModelOptions):
 
 
 class MaskAnnotator(SamEngineAnnotator):
-    """Subject mask (uint8 (H, W), 0 keep / 255 repaint) from prompts or the automatic rule."""
+    """Subject mask (uint8 (H, W) at the input size, 0 keep / 255 repaint) from prompts or the automatic rule."""
 
     name = "mask"
     Options = MaskOptions
@@ -78,15 +82,16 @@ class MaskAnnotator(SamEngineAnnotator):
         *sam_cli_options(),
     )
 
-    def __init__(self, options: MaskOptions, model: Any = None) -> None:
-        """Load the checkpoint of ``options.model``, or use ``model`` (a ``Sam`` or a shared ``SamEngine``)."""
+    def __init__(self, options: MaskOptions, model: Any = None, engines: SamEngineCache | None = None) -> None:
+        """Load the checkpoint of ``options.model`` through ``engines`` (see ``SamEngineAnnotator``), or use
+        ``model`` (a ``Sam`` or a shared ``SamEngine``)."""
         options = dataclasses.replace(
             options,
             points=normalize_points(options.points, "points"),
             negative_points=normalize_points(options.negative_points, "negative_points"),
             box=normalize_box(options.box),
         )
-        super().__init__(options, model)
+        super().__init__(options, model, engines)
 
     def check_options(self) -> None:
         if self.options.feather < 0:
@@ -98,13 +103,19 @@ class MaskAnnotator(SamEngineAnnotator):
 
     def subject(self, image: np.ndarray) -> np.ndarray:
         """The subject of ``image`` as bool (H, W) at the working size (see the module doc for the rule)."""
-        options = self.options
         working = self.working_image(image)
+        engine = self.ready_engine
+        with engine.lock:
+            engine.set_image(working)
+            return self.working_subject(image, working)
+
+    def working_subject(self, image: np.ndarray, working: np.ndarray) -> np.ndarray:
+        """``subject`` once the engine's current image is ``working`` (``image`` at the working size)."""
+        options = self.options
         height, width = working.shape[:2]
         points, box = scale_prompts(
             list(options.points) + list(options.negative_points), options.box, image.shape[:2], (height, width)
         )
-        self.engine.set_image(working)
         if self.has_prompts:
             labels = [1] * len(options.points) + [0] * len(options.negative_points)
             return self._predict(points, labels, box)
@@ -120,9 +131,12 @@ class MaskAnnotator(SamEngineAnnotator):
         coords = np.asarray(points, dtype=np.float64).reshape(-1, 2) if points else None
         label_array = np.asarray(labels, dtype=np.int64) if points else None
         box_array = None if box is None else np.asarray(box, dtype=np.float64)
-        masks, scores = self.engine.predict(coords, label_array, box_array)
+        masks, scores = self.ready_engine.predict(coords, label_array, box_array)
         return best_of_three(masks, scores)
 
-    def annotate(self, image: np.ndarray) -> np.ndarray:
+    def annotate_working(self, image: np.ndarray, working: np.ndarray) -> np.ndarray:
+        """The subject at the working size, resized to the input size by nearest neighbour, then finished
+        (``--dilate`` and ``--feather`` in pixels of the input image)."""
         options = self.options
-        return finish_mask(self.subject(image), invert=options.invert, dilate=options.dilate, feather=options.feather)
+        subject = resize_nearest(self.working_subject(image, working), image.shape[0], image.shape[1])
+        return finish_mask(subject, invert=options.invert, dilate=options.dilate, feather=options.feather)

@@ -56,7 +56,10 @@ class NormalsAnnotator(LearnedAnnotator):
 
     def load(self) -> Any:
         """``scannet.pt`` through the weights contract (--checkpoint, models folder, hub cache, download)."""
-        return load_network(self.options.models_dir, self.options.checkpoint)
+        return load_network(self.options.models_dir, str(self.checkpoint_file("normals")))
+
+    def checkpoint_name(self) -> str:
+        return "normals"
 
     def prepare(self, model: Any) -> Any:
         return prepare_network(model, self.device, self.dtype)

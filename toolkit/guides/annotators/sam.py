@@ -4,7 +4,9 @@ Masks are exactly those of segment_anything's ``SamAutomaticMaskGenerator`` with
 (its defaults unless given), computed by ``guides.nets.sam_fast`` several times faster. They are painted
 largest first, so smaller masks lie on top (the convention of ``refs/cutecat_guide_sam.png`` and of
 controlnet_aux's ``SamDetector``). Unlike the peers, colours are not random per run: they come from
-``--seed``, so the same image and seed give the same guide, byte for byte.
+``--seed``, so the same image and seed give the same guide, byte for byte. Masks are computed at the
+working size (``--resolution``, 512 by default) and the guide is resized back to the input size by
+nearest neighbour, so its colours stay flat and its regions are exactly those masks'.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import click
 import numpy as np
 
 from ..errors import UsageError
-from .sam_common import SamEngineAnnotator, SamModelOptions, paint_segments, sam_cli_options
+from .sam_common import SamEngineAnnotator, SamModelOptions, paint_segments, resize_nearest, sam_cli_options
 
 if TYPE_CHECKING:
     from ..nets.sam_fast import Segments
@@ -29,7 +31,7 @@ class SamOptions(SamModelOptions):
 
 
 class SamAnnotator(SamEngineAnnotator):
-    """Automatic SAM masks painted as a segment guide (RGB uint8 at the working size)."""
+    """Automatic SAM masks painted as a segment guide (RGB uint8 at the input size)."""
 
     name = "sam"
     Options = SamOptions
@@ -46,9 +48,14 @@ class SamAnnotator(SamEngineAnnotator):
     def segments(self, image: np.ndarray) -> Segments:
         """The automatic masks of ``image`` at the working size, in segment_anything's order."""
         working = self.working_image(image)
-        self.engine.set_image(working)
-        return self.automatic_segments(working)
+        engine = self.ready_engine
+        with engine.lock:
+            engine.set_image(working)
+            return self.automatic_segments(working)
 
-    def annotate(self, image: np.ndarray) -> np.ndarray:
-        segments = self.segments(image)
-        return paint_segments(segments.masks, seed=self.options.seed, areas=segments.areas)
+    def annotate_working(self, image: np.ndarray, working: np.ndarray) -> np.ndarray:
+        """The automatic masks of ``working`` painted (``paint_segments``), then resized to the input size
+        by nearest neighbour: the guide's colours and regions are those at the working size."""
+        segments = self.automatic_segments(working)
+        guide = paint_segments(segments.masks, seed=self.options.seed, areas=segments.areas)
+        return resize_nearest(guide, image.shape[0], image.shape[1])

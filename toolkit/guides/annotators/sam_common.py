@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from abc import abstractmethod
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError, UsageError
 from .base import Annotator, ModelOptions
-from .learned import working_image
+from .learned import check_model_options, refuse_cpu_fp16, working_image
 
 if TYPE_CHECKING:
     from ..nets.sam_fast import SamEngine, Segments
@@ -43,20 +45,78 @@ def check_model(model: str) -> None:
         raise UsageError(f"unknown SAM model {model!r}; use one of {', '.join(MODEL_TYPES)}")
 
 
-#: Engines alive, by (model, device, precision, checkpoint file): annotators of one run share a model and
-#: its image embeddings (``guides run sam,mask`` encodes each image once).
-_ENGINES: weakref.WeakValueDictionary[tuple[str, str, str, str], SamEngine] = weakref.WeakValueDictionary()
+EngineKey = tuple[str, str, str, str]
 
 
-def load_engine(model: str, device: str, precision: str, models_dir: str | None, checkpoint: str | None) -> SamEngine:
+class SamEngineCache:
+    """Loaded SAM engines by (model, device, precision, resolved checkpoint file), shared by the
+    annotators that acquire them: ``guides run sam,mask`` (or ``inpaint-target`` beside ``sam``) loads
+    one model and encodes each image once.
+
+    Thread-safe (one lock; a load happens under it, so two threads asking for the same engine load it
+    once). An engine stays cached while an annotator holds it: ``release`` by its last holder drops it
+    from the cache and frees its image embeddings; an annotator dropped without ``close`` stops holding
+    it when it is garbage collected. Annotators built without a cache use ``SHARED_ENGINES``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engines: weakref.WeakValueDictionary[EngineKey, SamEngine] = weakref.WeakValueDictionary()
+        self._holders: weakref.WeakKeyDictionary[SamEngine, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
+
+    def acquire(self, key: EngineKey, load: Callable[[], SamEngine], holder: Any) -> SamEngine:
+        """The engine cached under ``key``, else ``load()``'s (then cached); ``holder`` now holds it."""
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                engine = load()
+                self._engines[key] = engine
+            self._holders.setdefault(engine, weakref.WeakSet()).add(holder)
+            return engine
+
+    def release(self, engine: SamEngine, holder: Any) -> bool:
+        """``holder`` no longer holds ``engine``; True when no one does any more (the engine is then
+        removed from the cache and its embeddings freed)."""
+        with self._lock:
+            holders = self._holders.get(engine)
+            if holders is None:  # not acquired here (or already released by its last holder)
+                return False
+            holders.discard(holder)
+            if holders:
+                return False
+            del self._holders[engine]
+            for key in [key for key, cached in self._engines.items() if cached is engine]:
+                del self._engines[key]
+        engine.reset()
+        return True
+
+    def holders(self, engine: SamEngine) -> int:
+        """How many live annotators hold ``engine`` (for tests and diagnostics)."""
+        with self._lock:
+            holders = self._holders.get(engine)
+            return 0 if holders is None else len(holders)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._engines)
+
+
+#: The cache of annotators built without one (the CLI's, ``guides.load``'s): how the annotators of one
+#: process share a model. Pass ``engines=SamEngineCache()`` to an annotator to keep it apart.
+SHARED_ENGINES = SamEngineCache()
+
+
+def load_engine(model: str, device: str, precision: str, models_dir: str | None, checkpoint: str | None,
+                download: bool = True, engines: SamEngineCache | None = None, holder: Any = None) -> SamEngine:
     """Find the checkpoint (weights contract), load it strictly into segment_anything's network, move it
-    to ``device`` and wrap it in a ``SamEngine`` running at ``precision``; an engine already alive for the
-    same model, device, precision and file is shared."""
+    to ``device`` and wrap it in a ``SamEngine`` running at ``precision`` (its ``checkpoint`` is the file
+    loaded); with ``engines``, an engine cached there for the same model, device, precision and file is
+    shared, and ``holder`` holds it (``SamEngineCache.release``)."""
     check_model(model)
     from functools import partial
 
     from ..devices import resolve_device, resolve_dtype
-    from ..nets.sam_fast import SamEngine, build_sam
+    from ..nets import sam_fast
     from ..weights.catalog import CHECKPOINTS
     from ..weights.load import load_checkpoint_into
     from ..weights.resolve import resolve_checkpoint
@@ -64,15 +124,16 @@ def load_engine(model: str, device: str, precision: str, models_dir: str | None,
     torch_device = resolve_device(device)
     dtype = resolve_dtype(precision, torch_device)
     name = MODEL_CHECKPOINTS[model]
-    path = resolve_checkpoint(name, explicit=checkpoint, models_dir=models_dir)
-    key = (model, str(torch_device), precision, str(Path(path).resolve()))
-    engine = _ENGINES.get(key)
-    if engine is None:
-        network = load_checkpoint_into(partial(build_sam, model), path, container=CHECKPOINTS[name].container)
+    path = Path(resolve_checkpoint(name, explicit=checkpoint, models_dir=models_dir, download=download))
+
+    def load() -> SamEngine:
+        network = load_checkpoint_into(partial(sam_fast.build_sam, model), path, container=CHECKPOINTS[name].container)
         log.info("SAM %s from %s on %s (%s)", model, path, torch_device, precision)
-        engine = SamEngine(network.to(torch_device), dtype=dtype)
-        _ENGINES[key] = engine
-    return engine
+        return sam_fast.SamEngine(network.to(torch_device), dtype=dtype, checkpoint=path)
+
+    if engines is None:
+        return load()
+    return engines.acquire((model, str(torch_device), precision, str(path.resolve())), load, holder)
 
 
 def engine_for(model: Any, dtype_name: str = "fp32") -> SamEngine:
@@ -148,7 +209,13 @@ def sam_cli_options() -> list[Any]:
 
 
 class SamEngineAnnotator(Annotator):
-    """An annotator on a ``SamEngine``: loaded (or shared) once, one image embedding per image."""
+    """An annotator on a ``SamEngine``: loaded (or shared) once, one image embedding per image.
+
+    ``annotate_batch`` encodes up to ``options.batch_size`` images in one encoder pass (any sizes: the
+    encoder input is always the padded 1024 px square), then runs the prompts image by image. Each guide
+    is computed at the working size (``options.resolution``) and comes out at the input size: resized
+    back by nearest neighbour (``resize_nearest``), so segment colours stay flat and masks binary.
+    """
 
     #: The annotator's name in messages.
     name: ClassVar[str]
@@ -158,20 +225,44 @@ class SamEngineAnnotator(Annotator):
     #: (64 bytes a pixel) and kept as booleans.
     default_max_working_pixels: ClassVar[int] = 1 << 25
 
-    def __init__(self, options: SamModelOptions, model: Any = None) -> None:
-        """Load the checkpoint of ``options.model`` (weights contract), or use ``model``: a built
-        segment_anything ``Sam`` or a ``SamEngine`` shared with another annotator."""
+    def __init__(self, options: SamModelOptions, model: Any = None, engines: SamEngineCache | None = None) -> None:
+        """Load the checkpoint of ``options.model`` (weights contract) through ``engines`` (default
+        ``SHARED_ENGINES``: annotators of one process with the same model, device, precision and file
+        share one engine), or use ``model``: a built segment_anything ``Sam`` (a private engine) or a
+        ``SamEngine`` shared by the caller."""
         super().__init__(options)
         check_model(options.model)
+        check_model_options(self.name, options)
         check_generator_options(options.points_per_side, options.pred_iou_thresh, options.stability_score_thresh, options.min_region_area)
         self.check_options()
+        self._engines: SamEngineCache | None = None
+        self._owns_engine = False
         if model is None:
-            self.engine = load_engine(options.model, options.device, options.precision, options.models_dir, options.checkpoint)
+            from ..devices import resolve_device, resolve_dtype
+
+            device = resolve_device(options.device)
+            refuse_cpu_fp16(self.name, device, resolve_dtype(options.precision, device))
+            self._engines = SHARED_ENGINES if engines is None else engines
+            self.engine: SamEngine | None = load_engine(
+                options.model, options.device, options.precision, options.models_dir, options.checkpoint,
+                download=options.download, engines=self._engines, holder=self,
+            )
         else:
             self.engine = engine_for(model, options.precision)
+            refuse_cpu_fp16(self.name, self.engine.device, self.engine.dtype)
+            self._owns_engine = self.engine is not model
+        if self.engine.checkpoint is not None:
+            self.loaded_files = (Path(self.engine.checkpoint),)
 
     def check_options(self) -> None:
         """Refuse the subclass's own bad option values (UsageError), before any loading."""
+
+    @property
+    def ready_engine(self) -> SamEngine:
+        """The engine; a RuntimeError once ``close`` ran."""
+        if self.engine is None:
+            raise RuntimeError(f"{self.name}: the annotator was closed")
+        return self.engine
 
     def working_image(self, image: np.ndarray) -> np.ndarray:
         """``image`` at the working size (``options.resolution``), refused when that is too large."""
@@ -180,12 +271,68 @@ class SamEngineAnnotator(Annotator):
     def automatic_segments(self, working: np.ndarray) -> Segments:
         """segment_anything's automatic masks of ``working``, whose embedding the engine holds."""
         options = self.options
-        settings = generator_settings(self.engine, working.shape[:2], options.points_per_side, options.pred_iou_thresh,
+        engine = self.ready_engine
+        settings = generator_settings(engine, working.shape[:2], options.points_per_side, options.pred_iou_thresh,
                                       options.stability_score_thresh, options.min_region_area)
-        return self.engine.generate(settings)
+        return engine.generate(settings)
+
+    def batch_key(self, image: np.ndarray) -> Hashable:
+        """Every image may share an encoder batch (the encoder input is always the padded square)."""
+        return self.name
+
+    def annotate(self, image: np.ndarray) -> np.ndarray:
+        return self.annotate_batch([image])[0]
+
+    def annotate_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Guides of ``images`` (input size each): encoder passes of up to ``batch_size`` images."""
+        engine = self.ready_engine
+        working = [self.working_image(image) for image in images]
+        results: list[np.ndarray] = []
+        with engine.lock:
+            for start in range(0, len(images), self.batch_size):
+                chunk = range(start, min(len(images), start + self.batch_size))
+                embeddings = engine.embed([working[i] for i in chunk])
+                for i, embedding in zip(chunk, embeddings):
+                    engine.use(embedding)
+                    results.append(self.annotate_working(images[i], working[i]))
+        return results
+
+    @abstractmethod
+    def annotate_working(self, image: np.ndarray, working: np.ndarray) -> np.ndarray:
+        """The guide of ``image`` (input size) once the engine's current image is ``working``."""
 
     def close(self) -> None:
-        self.engine.reset()
+        """Stop holding the engine: its model and embeddings are freed once no annotator holds it
+        (another annotator sharing it keeps it, with its embeddings); an engine passed in by the caller
+        is left as it is."""
+        engine, self.engine = self.engine, None
+        if engine is None:
+            return
+        last = self._owns_engine
+        if self._engines is not None:
+            last = self._engines.release(engine, self)
+        elif self._owns_engine:
+            engine.reset()
+        device = engine.device
+        del engine
+        if last and device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``array`` (H, W[, C], any dtype) at (height, width) by nearest neighbour: output pixel (i, j) is
+    the source pixel that contains its centre (row ``floor((i + 0.5) * H / height)``, computed in
+    integers). Values are copied, never blended: a segment guide
+    keeps exactly its flat colours (segments smaller than a pixel of the output can vanish) and a mask
+    stays binary."""
+    source_h, source_w = array.shape[:2]
+    if (source_h, source_w) == (height, width):
+        return array
+    rows = ((2 * np.arange(height, dtype=np.int64) + 1) * source_h) // (2 * height)  # exact integers
+    cols = ((2 * np.arange(width, dtype=np.int64) + 1) * source_w) // (2 * width)
+    return array[rows[:, None], cols[None, :]]
 
 
 # ------------------------------------------------------------------------------------------ colours

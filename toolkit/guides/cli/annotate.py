@@ -12,24 +12,33 @@ from typing import Any
 import click
 
 from ..annotators.base import Annotator, ModelOptions
-from ..batch import Job, Summary, output_path, plan_jobs, run_jobs
+from ..batch import Job, Summary, output_path, plan_jobs, run_jobs, stages_to_run
 from ..errors import UsageError
-from ..imaging import DEFAULT_MAX_PIXELS, load_image, write_png_atomic
+from ..imaging import DEFAULT_MAX_PIXELS, load_image, load_mask, write_png_atomic
 from ..registry import REGISTRY, AnnotatorSpec, get
 
-NAMING_HELP = (
-    "Without -o, each guide is written beside its input as <stem>.<annotator>.png (photo.jpg -> "
-    "photo.canny.png); such files are never taken as inputs. With -o: a .png file for a single input, "
-    "otherwise a folder that mirrors the input tree. Existing guides are skipped unless --overwrite, "
-    "so a rerun resumes."
-)
+
+def naming_help(name: str) -> str:
+    """The output-naming paragraph of annotator ``name``'s help, with its own file names."""
+    return (
+        f"Without -o, each guide is written beside its input as <stem>.{name}.png (photo.jpg -> "
+        f"photo.{name}.png). Folders are walked for photos: guides (files named <stem>.<annotator>.png for "
+        "any annotator) and anything under -o are never taken as inputs. With -o: a .png file for a single "
+        "input, otherwise a folder that mirrors the input tree. Complete guides are skipped unless "
+        "--overwrite, so a rerun resumes."
+    )
+
+
+#: Help of ``--download`` (learned annotators, ``run``, ``inpaint-target``).
+DOWNLOAD_HELP = "Download missing checkpoints from the Hugging Face hub (otherwise a missing checkpoint is an error)."
 
 
 def batch_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """Inputs and the options every batch command shares."""
     decorators = [
-        click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str)),
-        click.option("-o", "--output", type=click.Path(path_type=str), help="Output .png file (single input) or folder."),
+        # readable=False: an unreadable file is one "failed:" line of the batch, not click's usage error.
+        click.argument("inputs", nargs=-1, required=True, type=click.Path(readable=False, path_type=str)),
+        click.option("-o", "--output", type=click.Path(readable=False, path_type=str), help="Output .png file (single input) or folder."),
         click.option("--overwrite", is_flag=True, help="Rewrite guides that already exist."),
         click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None, help="Threads for decoding and writing [default: CPU cores]."),
         click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True, help="Refuse larger images (decompression bombs)."),
@@ -42,13 +51,14 @@ def batch_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def model_options(defaults: ModelOptions) -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
-    """``--device/--precision/--batch-size/--models-dir/--checkpoint`` for learned annotators."""
+    """``--device/--precision/--batch-size/--models-dir/--checkpoint/--download`` for learned annotators."""
     return [
         click.option("--device", default=defaults.device, show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
         click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=defaults.precision, show_default=True),
         click.option("--batch-size", type=click.IntRange(1, 1024), default=defaults.batch_size, show_default=True, help="Images of the same working size per forward pass."),
         click.option("--models-dir", type=click.Path(file_okay=False, path_type=str), envvar="GUIDES_MODELS_DIR", default=None, help="Flat folder of checkpoints under their hub file names [env: GUIDES_MODELS_DIR]."),
         click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=str), default=None, help="Use this checkpoint file."),
+        click.option("--download", is_flag=True, default=False, help=DOWNLOAD_HELP),
         click.option("--max-working-pixels", type=click.IntRange(1), default=None,
                      help="Refuse images whose working size (after --resolution) has more pixels [default: the annotator's limit]."),
     ]
@@ -77,7 +87,7 @@ def annotator_command(spec: AnnotatorSpec) -> click.Command:
         help="Resize first: short side to N, sides to multiples of 64 (0 keeps the size).",
     )(command)
     command = batch_options(command)
-    return click.command(spec.name, help=f"{spec.summary}\n\n{NAMING_HELP}", short_help=spec.summary)(command)
+    return click.command(spec.name, help=f"{spec.summary}\n\n{naming_help(spec.name)}", short_help=spec.summary)(command)
 
 
 @click.command("run")
@@ -88,6 +98,7 @@ def annotator_command(spec: AnnotatorSpec) -> click.Command:
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None)
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=None)
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=str), envvar="GUIDES_MODELS_DIR", default=None)
+@click.option("--download", is_flag=True, default=False, help=DOWNLOAD_HELP)
 @click.option("--max-working-pixels", type=click.IntRange(1), default=None, help="Refuse images whose working size has more pixels [default: each annotator's limit].")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="ray: Ray Data (pip install \"controlnet-guides[ray]\"); same outputs and rules.")
 @click.option("--ray-address", default=None, help="Ray cluster to use (e.g. ray://head:10001) [default: start a local Ray runtime].")
@@ -98,8 +109,9 @@ def run(annotators: str, inputs: tuple[str, ...], output: str | None, overwrite:
     """Run several annotators (comma-separated, e.g. canny,depth) decoding each image once.
 
     With -o OUT, guides go to OUT/<annotator>/<relative path>.png; without -o, beside each input as
-    <stem>.<annotator>.png. Each annotator uses its defaults; the options here apply to every
-    annotator that has them. Existing guides are skipped unless --overwrite.
+    <stem>.<annotator>.png. Walked folders never yield guides (<stem>.<annotator>.png files, anything
+    under OUT/<annotator>), so -o may be the input folder itself. Each annotator uses its defaults; the
+    options here apply to every annotator that has them. Complete guides are skipped unless --overwrite.
     """
     names = [name.strip() for name in annotators.split(",") if name.strip()]
     if not names:
@@ -136,7 +148,9 @@ def composite(image: str, mask: str, output: str | None, background: str, invert
     """Keep IMAGE where MASK is black and paint BACKGROUND where it is white.
 
     Masks are read as grayscale and thresholded at 128 (>= 128 is white, i.e. repaint), so
-    anti-aliased or JPEG masks work too.
+    anti-aliased or JPEG masks work too. A mask of one colour with transparency (strokes on a
+    transparent layer) uses its alpha: opaque repaints, transparent keeps. A mask that repaints
+    everything or nothing gets a warning.
     """
     from ..annotators.composite import composite as make_composite
     from ..annotators.composite import parse_color
@@ -146,7 +160,7 @@ def composite(image: str, mask: str, output: str | None, background: str, invert
     for source in (image, mask):
         if Path(source).exists() and os.path.abspath(source) == os.path.abspath(target):
             raise UsageError(f"{target}: output would overwrite an input; choose another -o")
-    result = make_composite(load_image(image, max_pixels), load_image(mask, max_pixels), color, invert_mask, resize_mask)
+    result = make_composite(load_image(image, max_pixels), load_mask(mask, max_pixels), color, invert_mask, resize_mask, mask_name=mask)
     write_png_atomic(target, result)
     click.echo(str(target), err=True)
 
@@ -154,7 +168,7 @@ def composite(image: str, mask: str, output: str | None, background: str, invert
 def _run(jobs: Sequence[Job], failures: Sequence, loaders: Mapping[str, Callable[[], Annotator]],
          workers: int | None, overwrite: bool, max_pixels: int, quiet: bool) -> Summary:
     """Load only the annotators some job still needs (a finished rerun loads no model), then run."""
-    needed = {name for job in jobs for name, targets in job.outputs.items() if overwrite or not all(t.exists() for t in targets)}
+    needed = {name for job in jobs for name in stages_to_run(job, overwrite)}
     stages = {name: loader() for name, loader in loaders.items() if name in needed}
     try:
         return run_jobs(jobs, stages, workers=workers, overwrite=overwrite, max_pixels=max_pixels,

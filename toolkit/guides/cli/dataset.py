@@ -17,7 +17,7 @@ LISTED_UNCAPTIONED = 20
 
 
 @click.command("dataset")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(readable=False, path_type=str))
 @click.option("-a", "--annotators", required=True, help="Comma-separated annotators, e.g. canny,depth.")
 @click.option("-o", "--out", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=str), help="Export folder.")
 @click.option("--format", "format_", type=click.Choice(FORMATS), default="parquet", show_default=True,

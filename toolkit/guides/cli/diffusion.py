@@ -24,9 +24,20 @@ from ..diffusion.settings import (
     SCHEDULERS,
     GenerationSettings,
 )
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 
 REF = REFERENCE_SETTINGS
+
+
+def _read_image(path: str) -> Any:
+    """A file named on the command line of a single-output command: missing or unreadable is a usage
+    error (exit 2, one line naming the file), as the exit codes in ``guides --help`` say."""
+    from ..imaging import load_image
+
+    try:
+        return load_image(path)
+    except InputError as error:
+        raise UsageError(str(error)) from None
 
 
 class _Bar:
@@ -113,7 +124,8 @@ def generate(guides: tuple[str, ...], controls: tuple[str, ...], scales: tuple[f
     """Generate an image from GUIDE... with Stable Diffusion 1.5 and ControlNet.
 
     Each GUIDE goes with one --control KIND (and optionally one --scale); several GUIDEs stack their
-    ControlNets. Defaults are the settings of the reference images.
+    ControlNets. Defaults are the settings of the reference images. Missing models are not downloaded
+    unless --download is given (exit 2 naming them); a missing or unreadable GUIDE exits 2.
 
     \b
     Examples:
@@ -124,7 +136,6 @@ def generate(guides: tuple[str, ...], controls: tuple[str, ...], scales: tuple[f
     from ..diffusion.generate import Control, ControlNetGenerator, check_size, load_latents, write_generation
     from ..diffusion.generate import save_latents as write_latents
     from ..diffusion.models import locate_models, missing_problems, raise_if_missing
-    from ..imaging import load_image
 
     if len(controls) != len(guides):
         raise UsageError(f"{len(guides)} guide(s) but {len(controls)} --control: give one --control KIND per GUIDE")
@@ -137,7 +148,7 @@ def generate(guides: tuple[str, ...], controls: tuple[str, ...], scales: tuple[f
                                   precision=precision)
     check_size(settings)
     ids = _controlnet_ids(controlnet_overrides)
-    images = [load_image(path) for path in guides]
+    images = [_read_image(path) for path in guides]
     base, nets, _ = locate_models(base_model, {kind: ids[kind] for kind in dict.fromkeys(controls)}, models_dir,
                                   download=download)
     raise_if_missing(missing_problems(base, nets))
@@ -175,7 +186,8 @@ def generate(guides: tuple[str, ...], controls: tuple[str, ...], scales: tuple[f
               help="Make the guides from cutecat_init.png with our annotators, or use the stored reference guides.")
 @click.option("--only", multiple=True, metavar="KIND",
               help=f"Only these kinds ({', '.join(REPRODUCE_KINDS)}); repeatable or comma-separated.")
-@click.option("--dry-run", is_flag=True, help="Print the full plan as JSON and stop (nothing is loaded).")
+@click.option("--dry-run", is_flag=True, help="Print the full plan as JSON and stop (nothing is loaded); exit 2 "
+              "when anything it needs is missing (models only count when --download is not given).")
 @_model_options
 def reproduce(refs: Path, out: Path, guide_source: str, only: tuple[str, ...], dry_run: bool, base_model: str,
               controlnet_overrides: tuple[str, ...], models_dir: str | None, download: bool, device: str,
@@ -197,7 +209,12 @@ def reproduce(refs: Path, out: Path, guide_source: str, only: tuple[str, ...], d
     if dry_run:
         from ..diffusion.generate import dumps
 
-        click.echo(dumps(plan(options)), nl=False)
+        planned = plan(options)
+        click.echo(dumps(planned), nl=False)
+        if not planned["ready"]:
+            count = len(planned["blocking"])
+            raise UsageError(f"{count} thing{'s' if count > 1 else ''} a run needs {'are' if count > 1 else 'is'} "
+                             "missing (the plan's \"blocking\" list); a real run would refuse")
         return
     bar = _Bar(len(options.kinds) * options.settings.steps, quiet, "checking")
     try:
@@ -214,17 +231,28 @@ def reproduce(refs: Path, out: Path, guide_source: str, only: tuple[str, ...], d
         raise click.exceptions.Exit(1)
 
 
-@click.command("compare")
+@click.command("compare", context_settings={"max_content_width": 100})
 @click.argument("first", type=click.Path(dir_okay=False, path_type=str))
 @click.argument("second", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help='Print {"psnr": ..., "ssim": ...} (and pixel counts).')
 @click.option("--min-psnr", type=float, default=None, help="Exit 1 when PSNR is below this (dB).")
 @click.option("--min-ssim", type=float, default=None, help="Exit 1 when SSIM is below this.")
 def compare(first: str, second: str, as_json: bool, min_psnr: float | None, min_ssim: float | None) -> None:
-    """PSNR and SSIM of two images (piq on [0, 1] RGB, as the reference suite computes them)."""
+    """PSNR and SSIM of two images (piq on [0, 1] RGB, as the reference suite computes them).
+
+    The images must have the same size: they are never resized (resampling would change the numbers
+    being measured).
+
+    \b
+    Exit codes: 0 compared (and at or above --min-psnr / --min-ssim when given),
+    1 below a threshold, 2 a missing or unreadable file or images of different sizes.
+    """
     from ..diffusion.compare import compare_files
 
-    metrics = compare_files(first, second)
+    try:
+        metrics = compare_files(first, second)  # different sizes: a UsageError naming both
+    except InputError as error:
+        raise UsageError(str(error)) from None
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(metrics)))
     else:

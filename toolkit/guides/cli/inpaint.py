@@ -16,7 +16,6 @@ import numpy as np
 from ..annotators.base import ModelOptions
 from ..batch import Job, plan_jobs
 from ..errors import UsageError
-from ..imaging import resize_image
 from ..registry import REGISTRY, get
 from .annotate import _report, _run, batch_options, model_options
 
@@ -25,7 +24,7 @@ MASK, TARGET = "mask", "target"
 
 
 class InpaintTargetStage:
-    """A batch-engine stage: image -> (mask, target), both at the working size."""
+    """A batch-engine stage: image -> (mask, target), both at the input size."""
 
     def __init__(self, annotator: Any, background: tuple[int, int, int]) -> None:
         self.annotator = annotator
@@ -33,21 +32,21 @@ class InpaintTargetStage:
 
     @property
     def batch_size(self) -> int:
-        return 1
+        return self.annotator.batch_size
 
     def batch_key(self, image: np.ndarray) -> Hashable:
-        return image.shape
+        return self.annotator.batch_key(image)
 
     def annotate(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from ..annotators.composite import composite
-
-        mask = self.annotator.annotate(image)
-        working = resize_image(image, self.annotator.options.resolution)
-        target = composite(working, np.repeat(mask[:, :, None], 3, axis=2), self.background)
-        return mask, target
+        return self.annotate_batch([image])[0]
 
     def annotate_batch(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [self.annotate(image) for image in images]
+        """Masks (input size, as ``guides mask``) in the annotator's batches, and their targets."""
+        from ..annotators.composite import composite
+
+        masks = self.annotator.annotate_batch(images)
+        return [(mask, composite(image, np.repeat(mask[:, :, None], 3, axis=2), self.background))
+                for image, mask in zip(images, masks)]
 
     def close(self) -> None:
         self.annotator.close()

@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> Any:
     verbosity = _leading_verbosity(args)
     _configure_logging(verbosity)
     _quiet_opencv()
+    _tune_allocator_if_asked()
     try:
         code = cli.main(args=args, prog_name="guides", standalone_mode=False)
     except click.exceptions.Abort:
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(130)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
+    except click.exceptions.NoArgsIsHelpError as request:  # ``guides models``: a request for help, as bare ``guides``
+        click.echo(request.format_message())
+        sys.exit(0)
     except click.ClickException as error:
         error.show()
         sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
@@ -141,11 +145,20 @@ def _configure_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
 
 
+def _tune_allocator_if_asked() -> None:
+    """``GUIDES_MALLOC_TUNING=1``: the process-wide glibc setting that speeds up SAM on the CPU (opt-in;
+    see ``guides.system.tune_allocator``)."""
+    from ..system import tune_allocator, tuning_requested
+
+    if tuning_requested():
+        tune_allocator()
+
+
 def _quiet_opencv() -> None:
     """OpenCV's decoders print warnings for corrupt files; we report those files ourselves."""
     import cv2
 
     try:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     except AttributeError:  # builds without the logging module
         pass

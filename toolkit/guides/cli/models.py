@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ..errors import GuidesError, WeightsError
-from ..weights.catalog import CHECKPOINTS, DIFFUSERS_REPOS, Checkpoint, DiffusersRepo
+from ..weights.catalog import CHECKPOINTS, DIFFUSERS_REPOS, Checkpoint, DiffusersRepo, revision_text
 from ..weights.resolve import (
     MODELS_DIR_ENV,
     check_file,
@@ -96,21 +96,25 @@ def models() -> None:
 @models.command("list", short_help="Every checkpoint and where it is found.")
 @MODELS_DIR_OPTION
 def list_models(models_dir: str | None) -> None:
-    """Every checkpoint: name, used by, file, size, and where it is found (or "missing")."""
-    rows: list[tuple[str, ...]] = [("NAME", "USED BY", "FILE", "SIZE", "FOUND")]
+    """Every checkpoint: name, used by, file, hub revision, size, and where it is found (or "missing").
+
+    REVISION is the hub commit a download fetches (its first 12 digits), or "main (not pinned)" where no
+    commit is known: that file may change on the hub between two downloads.
+    """
+    rows: list[tuple[str, ...]] = [("NAME", "USED BY", "FILE", "REVISION", "SIZE", "FOUND")]
     for entry in CHECKPOINTS.values():
         located = locate_checkpoint(entry.name, models_dir=models_dir)
         found = "missing" if located is None else f"{located.path} ({located.where})"
-        rows.append((entry.name, entry.used_by, entry.filename, _size_text(entry), found))
+        rows.append((entry.name, entry.used_by, entry.filename, revision_text(entry), _size_text(entry), found))
     _table(rows)
     click.echo("")
-    rows = [("NAME", "USED BY", "HUB REPO", "SIZE", "FOUND")]
+    rows = [("NAME", "USED BY", "HUB REPO", "REVISION", "SIZE", "FOUND")]
     for repo in DIFFUSERS_REPOS.values():
         try:
             where = str(resolve_diffusers_repo(repo.repo, models_dir))
         except WeightsError:
             where = "missing"
-        rows.append((repo.name, repo.used_by, repo.repo, f"~{human_size(repo.approx_size)}", where))
+        rows.append((repo.name, repo.used_by, repo.repo, revision_text(repo), f"~{human_size(repo.approx_size)}", where))
     _table(rows)
 
 

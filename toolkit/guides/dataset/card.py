@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -27,39 +26,30 @@ LIBRARIES = (
 
 
 def describe_model_files(name: str, stage: object) -> list[dict[str, Any]]:
-    """The checkpoint files a loaded annotator used (its ``model_files`` or ``checkpoint_path``
-    attribute), with size and sha256; else the catalog entries naming it, marked as such."""
-    paths: list[Path] = []
-    declared = getattr(stage, "model_files", None)
-    if callable(declared):
-        declared = declared()
-    if declared:
-        paths = [Path(p) for p in declared]
-    elif getattr(stage, "checkpoint_path", None):
-        paths = [Path(stage.checkpoint_path)]  # type: ignore[attr-defined]
+    """The checkpoint files a loaded annotator actually used (its ``loaded_files``), with size and sha256.
+
+    ``stage`` None means the annotator was not loaded in this process (the Ray engine loads it in its
+    workers): the catalog entries naming it are listed instead, marked as such; so are they for a loaded
+    annotator that the catalog names but that reports no file. An annotator without a model: ``[]``.
+    """
+    from ..weights.digest import file_sha256
+
+    paths = [Path(p) for p in (getattr(stage, "loaded_files", None) or ())] if stage is not None else []
     if paths:
-        return [{"file": str(path), "size": path.stat().st_size, "sha256": _sha256(path)} for path in paths if path.is_file()]
-    try:
-        from ..weights.catalog import CHECKPOINTS
-    except ImportError:  # pragma: no cover - the catalog is part of the package
-        return []
+        return [{"file": str(path), "size": path.stat().st_size, "sha256": file_sha256(path)} for path in paths if path.is_file()]
+    from ..weights.catalog import CHECKPOINTS
+
+    note = ("catalog entry: the annotator was loaded in the Ray workers, the file they loaded is not recorded"
+            if stage is None else "catalog entry: the annotator does not report the file it loaded")
     found = []
     for checkpoint in CHECKPOINTS.values():
         users = {part.strip().split(" ")[0] for part in checkpoint.used_by.split(",")}
         if name in users:
             found.append({
-                "file": checkpoint.filename, "repo": checkpoint.repo, "sha256": checkpoint.sha256,
-                "used_by": checkpoint.used_by, "note": "catalog entry: the annotator does not report the file it loaded",
+                "file": checkpoint.filename, "repo": checkpoint.repo, "revision": checkpoint.revision,
+                "sha256": checkpoint.sha256, "used_by": checkpoint.used_by, "note": note,
             })
     return found
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def training_commands(out: Path, shape: ShardLayout, resolution: int) -> dict[str, str]:

@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..annotators.learned import check_working_pixels
 from ..batch import Failure, Job, Stage, Summary, run_jobs
 from ..errors import UsageError
 from ..imaging import DEFAULT_MAX_PIXELS, load_image, remove_stale_temp_files, resize_image, write_atomic
@@ -73,7 +74,7 @@ STAGING_NAME = ".guides-staging"
 CARD_NAME = "README.md"
 MANIFEST_VERSION = 1
 #: Settings that change how an annotator runs but not what it outputs; a rerun may change them.
-RUNTIME_SETTINGS = frozenset({"device", "batch_size", "models_dir"})
+RUNTIME_SETTINGS = frozenset({"device", "batch_size", "models_dir", "download"})
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -246,8 +247,13 @@ class LocalExportEngine:
 
 
 def decode_resized(path: Path, max_pixels: int, resolution: int) -> np.ndarray:
-    """Read a photo with the package's reader and resize it as ControlNet does (0 keeps its size)."""
-    return np.ascontiguousarray(resize_image(load_image(path, max_pixels), resolution))
+    """Read a photo with the package's reader and resize it as ControlNet does (0 keeps its size).
+
+    The resized photo is held to ``max_pixels`` too (checked before resizing): ``--resolution`` enlarges
+    extreme aspect ratios enormously, and such a photo is one failed file, not an OpenCV crash."""
+    image = load_image(path, max_pixels)
+    check_working_pixels("dataset", image.shape[0], image.shape[1], resolution, max_pixels, option="--max-pixels")
+    return np.ascontiguousarray(resize_image(image, resolution))
 
 
 # -------------------------------------------------------------------------------------------- export

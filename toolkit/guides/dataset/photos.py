@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..batch import Failure, is_own_output, walk_images
+from ..batch import Failure, is_own_output, output_names, walk_images
 from ..errors import InputError, UsageError
 
 #: Names accepted in captions files for the photo's relative path and for its caption.
@@ -104,15 +104,13 @@ def list_photos(
     Folders are walked like every batch command; files named like guides (``x.canny.png``) and anything
     under ``out`` are not photos.
     """
-    from ..registry import REGISTRY
-
     out_id = _identity(out)
     failures: list[Failure] = []
     found: list[tuple[Path, str]] = []
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            skip = functools.partial(_not_a_photo, own=tuple(REGISTRY), out_id=out_id)
+            skip = functools.partial(_not_a_photo, own=output_names(), out_id=out_id)
             found.extend((file, file.relative_to(path).as_posix()) for file in walk_images(path, skip))
         elif path.exists() or path.is_symlink():
             found.append((path, path.name))
@@ -120,7 +118,11 @@ def list_photos(
             failures.append(Failure(str(path), "no such file or folder"))
     photos: list[Photo] = []
     seen: dict[str, Path] = {}
+    seen_files: set[Path] = set()
     for source, relative in found:
+        if _identity(source) in seen_files:
+            continue  # the same photo given twice (or a file inside a folder also given): exported once
+        seen_files.add(_identity(source))
         if relative in seen:
             failures.append(Failure(str(source), f"same relative path {relative!r} as {seen[relative]}; keys and captions need unique paths (export the folders separately)"))
             continue

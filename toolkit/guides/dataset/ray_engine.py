@@ -1,14 +1,16 @@
 """The batch engine on Ray Data: the jobs of ``guides.batch.plan_jobs``, the outputs of ``run_jobs``.
 
-The driver lists the files once (``plan_jobs``), decides what to skip (outputs that exist, unless
-``overwrite``) and removes the temporary files of dead runs, exactly as ``run_jobs`` does. Then a Ray
+The driver lists the files once (``plan_jobs``), decides what to skip (complete outputs,
+``guides.batch.stages_to_run``, unless ``overwrite``) and removes the temporary files of dead runs, exactly as ``run_jobs`` does. Then a Ray
 Data pipeline runs the rest:
 
     job rows -> decode (Ray tasks) -> annotator 1 (actor pool) -> ... -> annotator N -> write (Ray tasks)
 
 * Every annotator has its own actor pool; each actor builds its annotator once (the model is loaded once
   per actor) and batches images of equal ``batch_key`` up to the annotator's ``batch_size``, isolating a
-  failing image exactly like the local engine. ``num_gpus`` reserves a (fractional) GPU per actor.
+  failing image exactly like the local engine (``guides.batch.run_stage``: bad input and an image that runs
+  out of memory alone are failure lines; a bug stops the run with ``InternalError`` naming the file, carried
+  back to the driver in the row's ``fatal`` column). ``num_gpus`` reserves a (fractional) GPU per actor.
 * Guides travel as raw arrays and are PNG-encoded and written by the write tasks with the same
   ``write_png_atomic`` in the same order as the local engine's writer, so the files are byte-identical
   and a failure gets the same one-line reason (decode, annotate or write).
@@ -29,6 +31,7 @@ import math
 import pickle
 import sys
 import time
+import traceback
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,8 +39,9 @@ from typing import Any
 import numpy as np
 
 from .. import errors
-from ..batch import Failure, Job, Stage, Summary
-from ..errors import GuidesError, InputError, UsageError
+from ..batch import (Failure, Job, Stage, Summary, decode_failure_reason, run_stage, stages_to_run,
+                     write_failure_reason)
+from ..errors import GuidesError, InputError, InternalError, UsageError
 from ..imaging import DEFAULT_MAX_PIXELS, load_image, remove_stale_temp_files, write_png_atomic
 
 logger = logging.getLogger(__name__)
@@ -119,7 +123,7 @@ def run_jobs_ray(
             logger.info("removed %d temporary file(s) left by an interrupted run in %s", removed, folder)
     items = []
     for index, job in enumerate(jobs):
-        needed = [name for name, targets in job.outputs.items() if overwrite or not all(t.exists() for t in targets)]
+        needed = list(stages_to_run(job, overwrite))
         if not needed:
             summary.skipped += 1
             continue
@@ -231,8 +235,11 @@ def _decode_batch(table: Any, decode: Callable[[Path, int], np.ndarray], max_pix
         except GuidesError as error:
             row["error"] = _reason(error, row["source"])
             continue
-        except Exception as error:  # noqa: BLE001 - one file's failure never stops the batch
-            row["error"] = f"cannot decode ({type(error).__name__}: {error})"
+        except Exception as error:
+            try:
+                row["error"] = decode_failure_reason(row["source"], error)
+            except InternalError as bug:  # a bug in the reader: the whole run stops, as locally
+                row["fatal"] = _internal_payload(bug)
             continue
         row.update(image=image.tobytes(), shape=list(image.shape), dtype=image.dtype.str)
     return _table(rows, [])
@@ -281,7 +288,12 @@ class _StageActor:
         for members in groups.values():
             for start in range(0, len(members), size):
                 chunk = members[start : start + size]
-                results = _run_stage(self.stage, self.name, [images[i] for i in chunk], [work[i]["source"] for i in chunk])
+                try:
+                    results = run_stage(self.stage, self.name, [images[i] for i in chunk], [work[i]["source"] for i in chunk])
+                except InternalError as bug:  # a bug, not bad input: the whole run stops, as locally
+                    for row in rows:
+                        row["fatal"] = _internal_payload(bug)
+                    return _table(rows, columns)
                 for position, result in zip(chunk, results):
                     row = work[position]
                     if isinstance(result, Failure):
@@ -302,21 +314,18 @@ class _StageActor:
                 close()
 
 
-def _run_stage(stage: Stage, name: str, images: list[np.ndarray], sources: list[str]) -> list[Any]:
-    """As ``guides.batch._run_stage``: a failing batch is retried image by image to find the culprit."""
+def _internal_payload(error: InternalError) -> str:
+    """An ``InternalError`` as a row's ``fatal`` JSON; the driver raises it again (``_fatal_error``)."""
+    cause = error.error
     try:
-        results = list(stage.annotate_batch(images))
-        if len(results) != len(images):
-            raise RuntimeError(f"{name} returned {len(results)} guides for {len(images)} images")
-        return results
-    except Exception:
-        if len(images) > 1:
-            return [result for image, source in zip(images, sources) for result in _run_stage(stage, name, [image], [source])]
-        error = sys.exc_info()[1]
-        if isinstance(error, GuidesError):
-            return [Failure(sources[0], _reason(error, sources[0]))]
-        logger.debug("%s failed on %s", name, sources[0], exc_info=True)
-        return [Failure(sources[0], f"{name} failed ({type(error).__name__}: {error})")]
+        pickled = pickle.dumps(cause).hex()
+    except Exception:  # noqa: BLE001 - an exception that does not pickle travels as text
+        pickled = None
+    return json.dumps({
+        "type": "InternalError", "path": error.path, "stage": error.stage, "error_type": type(cause).__name__,
+        "message": str(cause), "pickled": pickled,
+        "traceback": "".join(traceback.format_exception(type(cause), cause, cause.__traceback__)),
+    })
 
 
 def _pack(guide: Any) -> dict[str, Any]:
@@ -342,6 +351,7 @@ def _write_batch(table: Any) -> Any:
         reason = row["error"]
         if reason is None and row["fatal"] is None:
             targets = json.loads(row["targets"])
+            name = ""
             try:
                 for column in guide_columns:
                     if row[column] is None:
@@ -354,8 +364,11 @@ def _write_batch(table: Any) -> Any:
                         write_png_atomic(target, guide)
             except GuidesError as error:
                 reason = _reason(error, row["source"])
-            except Exception as error:  # noqa: BLE001
-                reason = f"cannot write guide ({type(error).__name__}: {error})"
+            except OSError as error:  # disk full, permissions: this file's failure
+                reason = write_failure_reason(error)
+            except Exception as error:  # a guide that cannot be encoded: a bug, the run stops
+                bug = InternalError(row["source"], name or None, error)
+                row["fatal"] = _internal_payload(bug)
         out["index"].append(row["index"])
         out["source"].append(row["source"])
         out["reason"].append(reason)
@@ -364,7 +377,20 @@ def _write_batch(table: Any) -> Any:
     return pa.Table.from_pydict(out, schema=schema)
 
 
-def _fatal_error(payload: Mapping[str, Any]) -> GuidesError:
+def _fatal_error(payload: Mapping[str, Any]) -> Exception:
+    """The driver-side exception of a ``fatal`` row: the ``GuidesError`` that stopped an actor's loader, or
+    the ``InternalError`` of a bug met on a worker (its worker traceback is logged at debug level)."""
+    if payload.get("type") == "InternalError":
+        cause: BaseException | None = None
+        if payload.get("pickled"):
+            with contextlib.suppress(Exception):
+                cause = pickle.loads(bytes.fromhex(str(payload["pickled"])))  # noqa: S301 - our own worker's
+        if not isinstance(cause, BaseException):
+            cause = RuntimeError(f"{payload.get('error_type')}: {payload.get('message')}")
+        logger.debug("traceback on the Ray worker:\n%s", payload.get("traceback"))
+        error = InternalError(payload.get("path"), payload.get("stage"), cause)
+        error.__cause__ = cause
+        return error
     kind = getattr(errors, str(payload.get("type")), None)
     message = str(payload.get("message"))
     if isinstance(kind, type) and issubclass(kind, GuidesError) and kind not in (errors.InputError, errors.OutputError):

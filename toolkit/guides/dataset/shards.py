@@ -12,13 +12,12 @@ import dataclasses
 import io
 import json
 import os
-import secrets
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..imaging import TEMP_MARK
+from ..imaging import commit_temp, temp_path
 from .photos import Photo
 
 FORMATS = ("parquet", "webdataset")
@@ -84,7 +83,7 @@ class ShardFile(Protocol):
 
 def _temp_path(target: Path) -> Path:
     """A hidden temporary name beside ``target`` that ``remove_stale_temp_files`` recognises."""
-    return target.parent / f".{target.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+    return temp_path(target)
 
 
 class ParquetShard:
@@ -117,7 +116,7 @@ class ParquetShard:
 
     def commit(self) -> int:
         self.writer.close()
-        os.replace(self.temp, self.target)
+        commit_temp(self.temp, self.target)
         return self.target.stat().st_size
 
     def abort(self) -> None:
@@ -155,7 +154,7 @@ class TarShard:
 
     def commit(self) -> int:
         self.tar.close()
-        os.replace(self.temp, self.target)
+        commit_temp(self.temp, self.target)
         return self.target.stat().st_size
 
     def abort(self) -> None:

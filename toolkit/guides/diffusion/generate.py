@@ -3,8 +3,9 @@
 ``ControlNetGenerator`` loads the base model once and each ControlNet on first use, then runs any
 number of generations that share them: one ControlNet (``StableDiffusionControlNetPipeline``) or a stack
 (``MultiControlNetModel``, one conditioning scale per ControlNet). Every generation returns the image and
-a record of everything that made it (settings, model ids and revisions, guides, initial latents,
-device, library versions) that ``write_generation`` stores as a JSON sidecar.
+a record of everything that made it (settings, model ids and revisions, the weight files loaded with
+their sha256, guides, initial latents, device, library versions) that ``write_generation`` stores as a
+JSON sidecar.
 
 Initial noise: the expected images were made after ``torch.manual_seed(seed)`` with the pipeline drawing
 ``randn(1, 4, H/8, W/8)`` on CUDA. We draw the same tensor explicitly from a generator seeded with
@@ -32,7 +33,9 @@ from ..errors import UsageError, WeightsError
 from ..imaging import encode_png, write_atomic
 from .models import (
     BaseComponents,
+    LoadedControlNet,
     ModelLocation,
+    describe_files,
     device_description,
     library_versions,
     load_base,
@@ -214,7 +217,7 @@ class ControlNetGenerator:
         self.base_location = base
         self.controlnet_locations = dict(controlnets)
         self._base: BaseComponents | None = None
-        self._nets: dict[str, Any] = {}
+        self._nets: dict[str, LoadedControlNet] = {}
 
     # -------------------------------------------------------------------------------- models
     @property
@@ -227,12 +230,21 @@ class ControlNetGenerator:
 
     def controlnet(self, kind: str) -> Any:
         """The ControlNet of ``kind`` (loaded on first use, then shared)."""
+        return self._loaded_controlnet(kind).model
+
+    def _loaded_controlnet(self, kind: str) -> LoadedControlNet:
         if kind not in self._nets:
             location = self.controlnet_locations.get(kind)
             if location is None or location.path is None:
                 raise UsageError(f"no ControlNet given for kind {kind!r}")
             self._nets[kind] = load_controlnet(location.path, self.device, self.dtype)
         return self._nets[kind]
+
+    def loaded_files(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The weight files the base model (``kind`` None) or the ControlNet of ``kind`` was loaded from,
+        with size and sha256 (loads the model if it is not loaded yet)."""
+        files = self.base.files if kind is None else self._loaded_controlnet(kind).files
+        return describe_files(files)
 
     def load(self, kinds: Sequence[str]) -> None:
         """Load the base model and the ControlNets of ``kinds`` now (before timing anything)."""
@@ -368,11 +380,12 @@ class ControlNetGenerator:
                         "resized_to": None if control.image.shape[:2] == (settings.height, settings.width)
                         else [settings.width, settings.height],
                     },
-                    "controlnet": self.controlnet_locations[control.kind].as_dict(),
+                    "controlnet": {**self.controlnet_locations[control.kind].as_dict(),
+                                   "loaded_files": self.loaded_files(control.kind)},
                 }
                 for control in controls
             ],
-            "base_model": self.base_location.as_dict(),
+            "base_model": {**self.base_location.as_dict(), "loaded_files": self.loaded_files()},
             "scheduler": {
                 "name": settings.scheduler,
                 "class": type(scheduler).__name__,

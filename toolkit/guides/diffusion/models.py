@@ -161,10 +161,13 @@ def missing_problems(
 
 
 def raise_if_missing(problems: list[str]) -> None:
-    """One ``WeightsError`` naming every missing model, each with the weights module's hint."""
+    """One ``WeightsError`` naming every missing model, each with the weights module's hint (one line
+    for one model, then one line per model)."""
     if not problems:
         return
     count = len(problems)
+    if count == 1:
+        raise WeightsError(f"nothing was run: {problems[0]} (or pass --download)")
     lines = "\n".join(f"  - {problem}" for problem in problems)
     raise WeightsError(
         f"{count} model{'s are' if count > 1 else ' is'} missing, nothing was run "
@@ -198,6 +201,41 @@ def _loading_kwargs(dtype: Any) -> dict[str, Any]:
     return kwargs
 
 
+#: Weight file names per library, in the order diffusers / transformers prefer them (no variant given):
+#: a single safetensors file, a sharded safetensors index, then the pickle forms.
+_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+_TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def weight_files(folder: Path, library: Literal["diffusers", "transformers"] = "diffusers") -> tuple[tuple[Path, ...], bool | None]:
+    """The weight file(s) a ``from_pretrained(folder)`` loads, and the ``use_safetensors`` value that makes
+    the library load exactly those (so the record names what was really read).
+
+    Safetensors before pickles, a single file before a sharded index (the index plus the shards it lists),
+    as both libraries choose. Nothing found: ``((), None)`` (the library then raises its own error).
+    """
+    for name in _DIFFUSERS_WEIGHTS if library == "diffusers" else _TRANSFORMERS_WEIGHTS:
+        single = folder / name
+        if single.is_file():
+            return (single,), name.endswith(".safetensors")
+        index = folder / f"{name}.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                shards = []  # the library reports the broken index itself
+            return (index, *(folder / shard for shard in shards)), name.endswith(".safetensors")
+    return (), None
+
+
+def describe_files(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """``[{"file", "size", "sha256"}]`` of model files that were loaded (as the dataset card records
+    checkpoints); the digest is computed once per file version (``guides.weights.digest``)."""
+    from ..weights.digest import file_sha256
+
+    return [{"file": str(path), "size": path.stat().st_size, "sha256": file_sha256(path)} for path in paths]
+
+
 @dataclasses.dataclass
 class BaseComponents:
     """The loaded parts of a Stable Diffusion model, shared by every generation of a run."""
@@ -210,6 +248,16 @@ class BaseComponents:
     """The base model's scheduler configuration as the base scheduler instance reports it."""
     scheduler_class: str
     """The base model's own scheduler class name (PNDMScheduler for SD 1.5)."""
+    files: tuple[Path, ...] = ()
+    """The weight files loaded (VAE, UNet, text encoder), for the record."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedControlNet:
+    """A loaded ControlNet and the weight file(s) it was loaded from."""
+
+    model: Any
+    files: tuple[Path, ...]
 
 
 def load_base(path: Path, device: Any, dtype: Any) -> BaseComponents:
@@ -220,11 +268,18 @@ def load_base(path: Path, device: Any, dtype: Any) -> BaseComponents:
 
     kwargs = _loading_kwargs(dtype)
     logger.info("loading base model from %s", path)
+    vae_files, vae_safetensors = weight_files(path / "vae")
+    unet_files, unet_safetensors = weight_files(path / "unet")
+    text_files, text_safetensors = weight_files(path / "text_encoder", "transformers")
     try:
-        vae = AutoencoderKL.from_pretrained(path / "vae", **kwargs)
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", **kwargs)
-        text_encoder = _quietly(lambda: CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype))
-        tokenizer = _quietly(lambda: CLIPTokenizer.from_pretrained(path / "tokenizer"))
+        vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=vae_safetensors, **kwargs)
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=unet_safetensors, **kwargs)
+        # No dtype argument: transformers < 4.56 names it torch_dtype (and passes an unknown ``dtype`` on to
+        # the model's constructor), 5.x deprecates torch_dtype. The cast below gives the same values.
+        text_encoder = _quietly(lambda: CLIPTextModel.from_pretrained(path / "text_encoder",
+                                                                       use_safetensors=text_safetensors))
+        tokenizer = _quietly(lambda: CLIPTokenizer.from_pretrained(path / "tokenizer",
+                                                                    **_special_tokens(path / "tokenizer")))
     except (OSError, ValueError, RuntimeError) as error:
         raise WeightsError(f"{path}: cannot load the base model ({_first_line(error)})") from None
     scheduler_dir = path / "scheduler"
@@ -240,13 +295,39 @@ def load_base(path: Path, device: Any, dtype: Any) -> BaseComponents:
     # ``DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`` receives (defaults included).
     base_scheduler = base_class.from_config(stored)
     # diffusers models are already in ``dtype`` (casting them again would override any module they keep
-    # in float32); the text encoder is cast again because older transformers ignore ``dtype=``.
+    # in float32); the text encoder is loaded as stored and cast here.
     text_encoder.to(dtype=dtype)
     for module in (vae, unet, text_encoder):
         module.to(device)
         module.eval()
         module.requires_grad_(False)
-    return BaseComponents(vae, text_encoder, tokenizer, unet, dict(base_scheduler.config), class_name)
+    return BaseComponents(vae, text_encoder, tokenizer, unet, dict(base_scheduler.config), class_name,
+                          files=(*vae_files, *unet_files, *text_files))
+
+
+def _special_tokens(folder: Path) -> dict[str, Any]:
+    """The special tokens stored as objects in ``special_tokens_map.json`` (SD 1.5 stores bos, eos and unk
+    so), built here and passed explicitly: transformers 5 hands the file's ``"__type"`` key on to the
+    tokenizers library, which prints "Ignored unknown kwarg option __type" on stdout once per token. The
+    tokens are the same (``AddedToken`` of the stored fields, special); a file we cannot read is left to
+    transformers."""
+    from transformers import AddedToken
+
+    try:
+        stored = json.loads((folder / "special_tokens_map.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(stored, dict):
+        return {}
+    tokens: dict[str, Any] = {}
+    for key, value in stored.items():
+        if key.endswith("_token") and isinstance(value, dict) and isinstance(value.get("content"), str):
+            fields = {name: item for name, item in value.items() if name not in ("__type", "special")}
+            try:
+                tokens[key] = AddedToken(**fields, special=True)
+            except TypeError:  # a field this tokenizers version does not know: let transformers read the file
+                return {}
+    return tokens
 
 
 def _quietly(load: Any) -> Any:
@@ -262,19 +343,20 @@ def _quietly(load: Any) -> Any:
             transformers_logging.enable_progress_bar()
 
 
-def load_controlnet(path: Path, device: Any, dtype: Any) -> Any:
-    """Load one diffusers ControlNet folder onto ``device`` in ``dtype``."""
+def load_controlnet(path: Path, device: Any, dtype: Any) -> LoadedControlNet:
+    """Load one diffusers ControlNet folder onto ``device`` in ``dtype`` (and say which file was read)."""
     from diffusers import ControlNetModel
 
     logger.info("loading ControlNet from %s", path)
+    files, use_safetensors = weight_files(path)
     try:
-        net = ControlNetModel.from_pretrained(path, **_loading_kwargs(dtype))
+        net = ControlNetModel.from_pretrained(path, use_safetensors=use_safetensors, **_loading_kwargs(dtype))
     except (OSError, ValueError, RuntimeError) as error:
         raise WeightsError(f"{path}: cannot load the ControlNet ({_first_line(error)})") from None
     net.to(device)
     net.eval()
     net.requires_grad_(False)
-    return net
+    return LoadedControlNet(net, files)
 
 
 def make_scheduler(name: str, base: BaseComponents) -> Any:

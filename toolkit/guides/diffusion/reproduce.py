@@ -28,6 +28,7 @@ from .compare import Metrics, compare_arrays, difference_image
 from .models import (
     CheckpointLocation,
     ModelLocation,
+    describe_files,
     locate_models,
     missing_problems,
     raise_if_missing,
@@ -36,7 +37,6 @@ from .settings import (
     BASE_MODEL,
     CONTROLNET_MODELS,
     GUIDE_CHECKPOINTS,
-    GUIDE_OPTIONS,
     INPUT_FILE,
     PASS_PSNR,
     PASS_SSIM,
@@ -129,8 +129,11 @@ def ordered_kinds(selected: Sequence[str]) -> tuple[str, ...]:
 
 
 def _annotator_options(kind: str, options: ReproduceOptions, fields: set[str]) -> dict[str, Any]:
-    values = dict(GUIDE_OPTIONS.get(kind, {}))
-    for name, value in (("device", options.device), ("models_dir", options.models_dir)):
+    """The registry defaults make each guide in the stored reference's format; only the run's model
+    options (those the annotator has) are given."""
+    values: dict[str, Any] = {}
+    # The checkpoints were found (or downloaded when asked) before: an annotator never downloads on its own.
+    for name, value in (("device", options.device), ("models_dir", options.models_dir), ("download", options.download)):
         if name in fields and value is not None:
             values[name] = value
     return values
@@ -200,15 +203,19 @@ def output_paths(options: ReproduceOptions) -> dict[str, Any]:
 def plan(options: ReproduceOptions) -> dict[str, Any]:
     """The full plan as JSON-ready data: settings, model ids and where they are, files in and out.
 
-    Looks models up (no download, nothing loaded); ``missing`` lists what a real run would refuse.
+    Looks models up (no download, nothing loaded); ``missing`` lists everything absent now, ``blocking``
+    what of it a real run would refuse on (all of it, less the models and checkpoints that ``download``
+    would fetch) and ``ready`` whether ``blocking`` is empty (``guides reproduce --dry-run`` exits 2 if not).
     """
     base, nets, checkpoints = locate_models(
         options.base_model, options.controlnet_ids(), options.models_dir, checkpoints=options.needed_checkpoints
     )
     guides = guide_plan(options)
-    problems = missing_problems(base, nets, checkpoints)
-    problems += [entry["problem"] for entry in guides.values() if entry.get("problem")]
-    problems += [f"{path}: reference file not found" for path in missing_reference_files(options)]
+    model_problems = missing_problems(base, nets, checkpoints)
+    other_problems = [entry["problem"] for entry in guides.values() if entry.get("problem")]
+    other_problems += [f"{path}: reference file not found" for path in missing_reference_files(options)]
+    problems = model_problems + other_problems
+    blocking = other_problems if options.download else problems
     return {
         "command": "reproduce",
         "refs": str(options.refs),
@@ -243,6 +250,9 @@ def plan(options: ReproduceOptions) -> dict[str, Any]:
         ],
         "outputs": output_paths(options),
         "missing": problems,
+        "download": options.download,
+        "blocking": blocking,
+        "ready": not blocking,
     }
 
 
@@ -288,13 +298,15 @@ def _make_guides(options: ReproduceOptions, guides_plan: Mapping[str, Mapping[st
         annotator = registry.get(kind).load(**_annotator_options(kind, options, set(entry["options"] or {})))
         try:
             raw = annotator.annotate(photo)
+            loaded = tuple(Path(path) for path in getattr(annotator, "loaded_files", ()))
         finally:
             annotator.close()
         seconds = time.perf_counter() - started
         write_png_atomic(entry["output"], raw)
         guides[kind] = array_to_rgb(raw)
         reference = options.refs / reference_guide_file(kind)
-        result: dict[str, Any] = {"ours": entry["output"], "reference": str(reference), "seconds": round(seconds, 3)}
+        result: dict[str, Any] = {"ours": entry["output"], "reference": str(reference), "seconds": round(seconds, 3),
+                                  "loaded_files": describe_files(loaded)}
         if not reference.is_file():
             result.update(metrics=None, problem="no reference guide")
         else:
@@ -432,8 +444,9 @@ def reproduce(options: ReproduceOptions, progress: Progress | None = None) -> Re
         "device": first_record["device"],
         "latents": {**latents.as_dict(), "saved_to": paths["latents"]},
         "models": {
-            "base": base.as_dict(),
-            "controlnets": {kind: net.as_dict() for kind, net in nets.items()},
+            "base": {**base.as_dict(), "loaded_files": generator.loaded_files()},
+            "controlnets": {kind: {**net.as_dict(), "loaded_files": generator.loaded_files(kind)}
+                            for kind, net in nets.items()},
             "checkpoints": {name: c.as_dict() for name, c in checkpoints.items()},
         },
         "libraries": first_record["libraries"],

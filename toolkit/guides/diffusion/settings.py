@@ -109,10 +109,3 @@ def expected_file(kind: str) -> str:
 GUIDE_CHECKPOINTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {"canny": (), "depth": ("depth",), "lineart": ("lineart",), "normals": ("normals",), "sam": ("sam-vit-h",)}
 )
-
-#: Options given to our annotators when ``guides reproduce`` makes the guides from the input photo, so
-#: that each guide has the stored reference's format (beyond the registry defaults). The common model
-#: options (device, precision, models_dir) are added for learned annotators.
-GUIDE_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
-    {"canny": {}, "depth": {}, "lineart": {}, "normals": {}, "sam": {}}
-)

@@ -3,8 +3,8 @@
 The model, its modules, ``SamPredictor`` and the mask utilities are segment_anything's own; this
 module adds what the package lacks:
 
-* ``SamEngine``: one loaded model, the image embedding of the last image (computed once per image and
-  reused for every prompt and for the automatic masks), prompts, and
+* ``SamEngine``: one loaded model, the image embeddings of the last few images (computed once per image,
+  several images per encoder pass, and reused for every prompt and for the automatic masks), prompts, and
 * ``SamEngine.generate``: automatic mask generation that returns **exactly** the masks, scores and order
   of ``SamAutomaticMaskGenerator.generate`` (no crops), several times faster on CPU:
 
@@ -17,8 +17,12 @@ module adds what the package lacks:
   - survivors are upsampled in small chunks and kept as boolean masks (no RLE round trip);
   - the image encoder's global attention blocks run a few query rows at a time (``encode_image``), so
     the full (heads, 4096, 4096) score matrices and their relative-position sums never exist at once;
-  - on the CPU, large activations are allocated from glibc's heap instead of fresh memory maps
-    (``keep_large_allocations_on_the_heap``): no page faults for every 268 MB activation.
+  - several images can be encoded in one forward pass (``SamEngine.embed``): the encoder input is always
+    the image padded to a 1024 px square, so any images batch together.
+
+  On the CPU, a further gain (about 40% of the CPU time) comes from glibc's allocator keeping large
+  activations on its heap; that setting is process-wide, so this module never makes it: the caller
+  opts in with ``guides.tune_allocator()`` (``guides.system``) or ``GUIDES_MALLOC_TUNING=1``.
 
   Prompts are batched exactly as in the reference (``points_per_batch``, 64 by default): token-side
   products are small matrix multiplications whose rounding depends on the batch shape, so they always
@@ -35,15 +39,14 @@ module adds what the package lacks:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import hashlib
 import logging
 import math
-import os
-import sys
+import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -222,8 +225,16 @@ def _global_attention(attention: nn.Module, x: torch.Tensor, rows_per_chunk: int
 
 def encode_image(encoder: nn.Module, x: torch.Tensor, chunk_bytes: int = ATTENTION_CHUNK_BYTES) -> torch.Tensor:
     """``ImageEncoderViT.forward`` with the global attention blocks computed in query chunks of about
-    ``chunk_bytes`` of scores (windowed blocks run as they are)."""
-    x = encoder.patch_embed(x)
+    ``chunk_bytes`` of scores (windowed blocks run as they are).
+
+    A batch of images gives each image exactly its features alone: the transformer blocks (linear
+    layers, layer norms, attention per image or window) are row-independent, but a convolution kernel
+    picks its algorithm, and so its rounding, by batch size and memory layout (seen for the neck's 3x3
+    convolution), so the patch embedding and the neck run one image at a time (a small part of the
+    encoder's work), and the patch embedding's output keeps ``PatchEmbed``'s layout (a channels-first
+    tensor seen channels-last), which the residual stream carries down to the neck.
+    """
+    x = torch.cat([encoder.patch_embed.proj(x[i : i + 1]) for i in range(x.shape[0])]).permute(0, 2, 3, 1)
     if encoder.pos_embed is not None:
         x = x + encoder.pos_embed
     for block in encoder.blocks:
@@ -235,7 +246,8 @@ def encode_image(encoder: nn.Module, x: torch.Tensor, chunk_bytes: int = ATTENTI
         shortcut = x
         x = shortcut + _global_attention(block.attn, block.norm1(x), max(1, chunk_bytes // max(1, row_bytes)))
         x = x + block.mlp(block.norm2(x))
-    return encoder.neck(x.permute(0, 3, 1, 2))
+    x = x.permute(0, 3, 1, 2)
+    return torch.cat([encoder.neck(x[i : i + 1]) for i in range(x.shape[0])])
 
 
 # ---------------------------------------------------------------------------------- the fast decoder
@@ -349,54 +361,40 @@ def low_res_logits(model: Sam, hs: torch.Tensor, src: torch.Tensor, rows: torch.
 
 # ------------------------------------------------------------------------------------------- engine
 
-#: Allocations below this many bytes are served from the heap once the CPU engine exists (see below).
-HEAP_ALLOCATION_LIMIT = 1 << 30
-_allocator_tuned = False
+@dataclasses.dataclass(frozen=True)
+class ImageEmbedding:
+    """The image encoder's output for one image, as ``SamPredictor`` holds it: ``features`` float32
+    (1, C, h, w), the image's (height, width) and its size after the long-side resize to the encoder's
+    input (``input_size``)."""
 
-
-def keep_large_allocations_on_the_heap() -> bool:
-    """Ask glibc to serve allocations up to ``HEAP_ALLOCATION_LIMIT`` from its heap (once per process).
-
-    By default glibc maps every allocation over 32 MB afresh, so each of the decoder's large activations
-    (64 prompts x 4096 image tokens x 256 channels = 268 MB) is page-faulted and zeroed by the kernel again:
-    measured here, about 40% of the CPU time of automatic mask generation. With the heap, freed blocks are
-    reused. Values are unaffected. The process keeps its peak heap for reuse instead of returning it to the
-    system. Only with glibc on Linux; ``GUIDES_MALLOC_TUNING=0`` turns it off.
-    """
-    global _allocator_tuned
-    if _allocator_tuned:
-        return True
-    if os.environ.get("GUIDES_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        done = libc.mallopt(m_mmap_threshold, HEAP_ALLOCATION_LIMIT) == 1
-        done = done and libc.mallopt(m_trim_threshold, HEAP_ALLOCATION_LIMIT) == 1
-    except (OSError, AttributeError):  # not glibc (musl, ...)
-        return False
-    _allocator_tuned = done
-    log.debug("glibc heap for allocations under %d bytes: %s", HEAP_ALLOCATION_LIMIT, done)
-    return done
-
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
 
 
 class SamEngine:
-    """One SAM model on one device: image embeddings (cached for the last image), prompts, automatic masks."""
+    """One SAM model on one device: image embeddings (the last few cached), prompts, automatic masks.
 
-    #: Image embeddings kept (most recent first out last): a ViT embedding is 4 MB, and the batch engine
-    #: hands each annotator of a run (``guides run sam,mask``) the same few images in turn.
+    An engine holds one current image (``use``/``set_image``) for ``predict`` and ``generate``: when
+    several threads or annotators share an engine, hold ``lock`` from setting the image to the last
+    call that reads it.
+    """
+
+    #: Image embeddings kept (least recently used dropped first): a ViT embedding is 4 MB, and the batch
+    #: engine hands each annotator of a run (``guides run sam,mask``) the same few images in turn.
     cached_images: int = 8
     #: See ``encode_image``.
     attention_chunk_bytes: int = ATTENTION_CHUNK_BYTES
 
-    def __init__(self, model: Sam, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: Sam, dtype: torch.dtype = torch.float32, checkpoint: Path | None = None) -> None:
         self.model = model.eval()
         self.dtype = dtype
+        #: The checkpoint file the model was loaded from (None: a model built in memory).
+        self.checkpoint = checkpoint
+        #: Held by whoever sets the current image until done with it (re-entrant).
+        self.lock = threading.RLock()
         self.predictor = SamPredictor(self.model)
-        self._embeddings: OrderedDict[tuple[Any, ...], tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]] = OrderedDict()
-        if self.device.type == "cpu":
-            keep_large_allocations_on_the_heap()
+        self._embeddings: OrderedDict[tuple[Any, ...], ImageEmbedding] = OrderedDict()
 
     @property
     def device(self) -> torch.device:
@@ -412,43 +410,67 @@ class SamEngine:
                 with torch.autocast(self.device.type, dtype=self.dtype):
                     yield
 
-    def set_image(self, image: np.ndarray) -> None:
-        """Embed an RGB uint8 (H, W, 3) image; an image seen recently (same pixels) reuses its embedding."""
-        key = (image.shape, hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest())
-        predictor = self.predictor
-        if key in self._embeddings:
-            self._embeddings.move_to_end(key)
-            features, original_size, input_size = self._embeddings[key]
-            predictor.reset_image()
-            predictor.features, predictor.original_size, predictor.input_size = features, original_size, input_size
-            predictor.is_image_set = True
-            return
-        with self._precision():
-            self._embed(image)
-        if predictor.features.dtype != torch.float32:
-            predictor.features = predictor.features.float()
-        self._embeddings[key] = (predictor.features, tuple(predictor.original_size), tuple(predictor.input_size))
-        while len(self._embeddings) > self.cached_images:
-            self._embeddings.popitem(last=False)
+    @staticmethod
+    def _key(image: np.ndarray) -> tuple[Any, ...]:
+        return (image.shape, hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest())
 
-    def _embed(self, image: np.ndarray) -> None:
-        """``SamPredictor.set_image`` (RGB input) with the encoder run by ``encode_image``."""
+    def embed(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
+        """The embeddings of RGB uint8 (H, W, 3) images: recently seen ones (same pixels) from the cache,
+        all the others in **one** encoder pass (a batch; sizes may differ: each image is resized and
+        padded to the encoder's square input exactly as ``SamPredictor.set_image`` does)."""
+        keys = [self._key(image) for image in images]
+        found: dict[tuple[Any, ...], ImageEmbedding] = {}
+        with self.lock:
+            for key in keys:
+                if key in self._embeddings:
+                    self._embeddings.move_to_end(key)
+                    found[key] = self._embeddings[key]
+            missing = {key: image for key, image in zip(keys, images) if key not in found}
+            if missing:
+                with self._precision():
+                    computed = self._encode(list(missing.values()))
+                for key, embedding in zip(missing, computed):
+                    found[key] = embedding
+                    self._embeddings[key] = embedding
+                while len(self._embeddings) > max(self.cached_images, len(missing)):
+                    self._embeddings.popitem(last=False)
+        return [found[key] for key in keys]
+
+    def _encode(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
+        """``SamPredictor.set_image`` (RGB input) for several images at once, the encoder run by
+        ``encode_image``."""
+        model, transform = self.model, self.predictor.transform
+        inputs, sizes = [], []
+        for image in images:
+            if model.image_format != "RGB":
+                image = image[..., ::-1]
+            transformed = transform.apply_image(image)
+            tensor = torch.as_tensor(transformed, device=self.device).permute(2, 0, 1).contiguous()[None, :, :, :]
+            sizes.append((tuple(image.shape[:2]), tuple(tensor.shape[-2:])))
+            inputs.append(model.preprocess(tensor))
+        features = encode_image(model.image_encoder, torch.cat(inputs), self.attention_chunk_bytes)
+        return [
+            ImageEmbedding(features[i : i + 1].float().clone(), original_size, input_size)  # type: ignore[arg-type]
+            for i, (original_size, input_size) in enumerate(sizes)
+        ]
+
+    def use(self, embedding: ImageEmbedding) -> None:
+        """Make ``embedding``'s image the current one for ``predict`` and ``generate``."""
         predictor = self.predictor
-        model = self.model
-        if model.image_format != "RGB":
-            image = image[..., ::-1]
-        transformed = predictor.transform.apply_image(image)
-        tensor = torch.as_tensor(transformed, device=self.device).permute(2, 0, 1).contiguous()[None, :, :, :]
         predictor.reset_image()
-        predictor.original_size = image.shape[:2]
-        predictor.input_size = tuple(tensor.shape[-2:])
-        predictor.features = encode_image(model.image_encoder, model.preprocess(tensor), self.attention_chunk_bytes)
+        predictor.features = embedding.features
+        predictor.original_size, predictor.input_size = embedding.original_size, embedding.input_size
         predictor.is_image_set = True
 
+    def set_image(self, image: np.ndarray) -> None:
+        """Embed an RGB uint8 (H, W, 3) image (a recent one reuses its embedding) and make it current."""
+        self.use(self.embed([image])[0])
+
     def reset(self) -> None:
-        """Forget the image embeddings (frees their memory)."""
-        self.predictor.reset_image()
-        self._embeddings.clear()
+        """Forget the current image and the cached embeddings (frees their memory)."""
+        with self.lock:
+            self.predictor.reset_image()
+            self._embeddings.clear()
 
     def predict(self, points: np.ndarray | None, labels: np.ndarray | None, box: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """``SamPredictor.predict(..., multimask_output=True)``: 3 bool masks (3, H, W) and their scores."""

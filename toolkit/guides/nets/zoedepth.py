@@ -5,8 +5,9 @@ module names and ``nn.Sequential`` indices below are that file's key layout (``c
 for the BEiT, ``core.core.pretrained.act_postprocess{1..4}.*`` and ``core.core.scratch.*`` for the MiDaS DPT
 neck, ``conv2``, ``seed_*``, ``projectors``, ``attractors`` and ``conditional_log_binomial`` for the metric
 head). The file also holds 24 ``...attn.relative_position_index`` tables that older timm saved; current timm
-computes them (non-persistent buffers), and the loader checks the saved copies against them and drops them
-(``guides.weights.load.drop_computed_buffers``).
+computes them (non-persistent buffers; after a meta-device build ``_Encoder.fill_computed_buffers`` fills
+them with one table computed once, nothing in timm is patched), and the loader checks the saved copies
+against them and drops them (``guides.weights.load.drop_computed_buffers``).
 
 Layout:
 
@@ -33,9 +34,6 @@ when the backbone runs in fp16/bf16.
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -118,35 +116,6 @@ def relative_position_index(height: int, width: int) -> torch.Tensor:
     return index
 
 
-_TIMM_BUILD_LOCK = threading.Lock()
-
-
-@contextmanager
-def _index_tables_computed_once() -> Iterator[None]:
-    """While timm builds the BEiT, compute its relative position index once per window size.
-
-    timm computes the same (577 x 577) table in each of the 24 blocks, about 2 of the 3 s it takes to
-    build the network (with parameters on the meta device). Every block still gets timm's own table.
-    """
-    import timm.models.beit as beit
-
-    with _TIMM_BUILD_LOCK:
-        original = beit.gen_relative_position_index
-        tables: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
-
-        def computed_once(window_size: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
-            key = (tuple(window_size), str(device))
-            if key not in tables:  # older timm takes no device argument
-                tables[key] = original(window_size) if device is None else original(window_size, device=device)
-            return tables[key].clone()
-
-        beit.gen_relative_position_index = computed_once
-        try:
-            yield
-        finally:
-            beit.gen_relative_position_index = original
-
-
 def _resized_bias_table(table: torch.Tensor, trained: int, height: int, width: int) -> torch.Tensor:
     """The bias table for a ``height x width`` grid, bilinearly resized from the ``trained`` square grid.
 
@@ -211,12 +180,11 @@ class _Encoder(nn.Module):
         from timm.models.beit import Beit
 
         dim, (c1, c2, c3, c4) = config.embed_dim, config.reassemble_channels
-        with _index_tables_computed_once():
-            self.model = Beit(
-                img_size=config.pretrain_size, patch_size=16, num_classes=config.num_classes,
-                embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads, mlp_ratio=4.0,
-                qkv_bias=True, use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1e-5,
-            )
+        self.model = Beit(
+            img_size=config.pretrain_size, patch_size=16, num_classes=config.num_classes,
+            embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads, mlp_ratio=4.0,
+            qkv_bias=True, use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1e-5,
+        )
         self.act_postprocess1 = _Reassemble(dim, c1, nn.ConvTranspose2d(c1, c1, kernel_size=4, stride=4))
         self.act_postprocess2 = _Reassemble(dim, c2, nn.ConvTranspose2d(c2, c2, kernel_size=2, stride=2))
         self.act_postprocess3 = _Reassemble(dim, c3, None)
@@ -224,6 +192,28 @@ class _Encoder(nn.Module):
         self.hooks = config.hooks
         self.trained_grid = config.pretrain_size // 16
         self._index_cache: dict[tuple[int, int, str], torch.Tensor] = {}
+
+    def fill_computed_buffers(self) -> None:
+        """Fill the BEiT's computed buffers left on the meta device by a meta-device build.
+
+        Each block's ``relative_position_index`` (timm computes the same 577 x 577 table in each of the 24
+        blocks, most of the time a build takes) gets one table computed once here by
+        ``relative_position_index`` (equal to timm's ``gen_relative_position_index``, tested) and copied
+        (a copy per block, as timm keeps them); ``k_bias`` is zeros as in timm. Called by
+        ``guides.weights.load.build_on_meta``.
+        """
+        tables: dict[tuple[int, int], torch.Tensor] = {}
+        for block in self.model.blocks:
+            attn = block.attn
+            index = getattr(attn, "relative_position_index", None)
+            if index is not None and index.is_meta:
+                height, width = attn.window_size
+                if (height, width) not in tables:
+                    tables[height, width] = relative_position_index(height, width)
+                attn.relative_position_index = tables[height, width].clone()
+            k_bias = getattr(attn, "k_bias", None)
+            if k_bias is not None and k_bias.is_meta:
+                attn.k_bias = torch.zeros(k_bias.shape, dtype=k_bias.dtype)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) normalised image, H and W multiples of 16 -> four channels-last feature maps."""

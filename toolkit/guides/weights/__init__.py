@@ -16,12 +16,16 @@ Contract used by every learned annotator and the ControlNet stage:
   a diffusers repo (given folder > models folder / repo name > hub cache > download when asked), else
   WeightsError with the download hint; accepts hub ids and catalog names (``sd15``, ``controlnet-depth``).
 * ``load_checkpoint_into(factory, path, *, container, key_filters=()) -> nn.Module``: builds
-  ``factory()`` with parameters on the meta device (no wasted random initialisation; buffers computed
-  on the CPU), reads the file with ``weights_only=True`` (memory-mapped), applies only the named key
-  filters (``"strip_module_prefix"``, ``"drop_computed_buffers"`` or the functions themselves), loads
-  strictly by assignment, returns the network in eval mode on the CPU.
+  ``factory()`` on the meta device (``with torch.device("meta")``: no wasted random initialisation, nothing
+  global patched; the buffers the network computes are filled by its ``fill_computed_buffers()`` or, for a
+  network without one, taken from one plain build), reads the file with ``weights_only=True``
+  (memory-mapped), applies only the named key filters (``"strip_module_prefix"``,
+  ``"drop_computed_buffers"`` or the functions themselves), loads strictly by assignment
+  (``load_state_dict(assign=True)``), returns the network in eval mode on the CPU.
 * ``read_state_dict(path, *, container) -> dict[str, Tensor]``: the safe read alone.
-* ``load_named_checkpoint(name, factory, explicit=None, models_dir=None, key_filters=None)
+* ``file_sha256(path) -> str`` (``guides.weights.digest``): a file's sha256, computed once per
+  (resolved path, size, mtime_ns) in a bounded thread-safe cache; for the dataset card and sidecars.
+* ``load_named_checkpoint(name, factory, explicit=None, models_dir=None, key_filters=None, *, download=True)
   -> nn.Module``: resolve + load with the catalog's container and key filters
   (``CHECKPOINTS[name].key_filters``). The simplest call for an annotator:
   ``load_named_checkpoint("depth", zoed_n, options.checkpoint, options.models_dir)``.
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from guides.weights.catalog import CHECKPOINTS, DIFFUSERS_REPOS, Checkpoint, DiffusersRepo, get_checkpoint
+from guides.weights.digest import file_sha256
 from guides.weights.load import (
     KEY_FILTERS,
     KeyFilterSpec,
@@ -57,6 +62,7 @@ __all__ = [
     "Checkpoint",
     "DiffusersRepo",
     "drop_computed_buffers",
+    "file_sha256",
     "get_checkpoint",
     "load_checkpoint_into",
     "load_named_checkpoint",
@@ -74,14 +80,16 @@ def load_named_checkpoint(
     explicit: str | Path | None = None,
     models_dir: str | Path | None = None,
     key_filters: Sequence[KeyFilterSpec] | None = None,
+    *,
+    download: bool = True,
 ) -> nn.Module:
     """Resolve the catalog checkpoint ``name`` and load it into ``factory()`` the way the catalog says.
 
     Container and key filters come from the entry (``Checkpoint.key_filters``: normals strips
     ``module.``, depth drops its saved relative_position_index tables after checking them);
-    ``key_filters`` replaces the catalog's list when given.
+    ``key_filters`` replaces the catalog's list when given; ``download`` as in ``resolve_checkpoint``.
     """
     entry = get_checkpoint(name)
-    path = resolve_checkpoint(name, explicit=explicit, models_dir=models_dir)
+    path = resolve_checkpoint(name, explicit=explicit, models_dir=models_dir, download=download)
     filters = entry.key_filters if key_filters is None else tuple(key_filters)
     return load_checkpoint_into(factory, path, container=entry.container, key_filters=filters)

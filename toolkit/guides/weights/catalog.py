@@ -8,10 +8,14 @@ Two kinds of entries:
   ``resolve_diffusers_repo``).
 
 Sizes and checksums are recorded only where they are known for certain; ``None`` means "not checked".
+Revisions are hub commits where a public source states the commit holding the file (cited next to each
+one), so a download is reproducible; ``"main"`` (the moving branch) remains only where no commit is known,
+and ``guides models list`` says so ("main (not pinned)").
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,6 +25,21 @@ Container = Literal["state_dict", "model_dict"]
 
 ANNOTATORS_REPO = "lllyasviel/Annotators"
 SAM_REPO = "ybelkada/segment-anything"
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+# Commits found stated in public sources (the code search index of public repositories; none is invented):
+# lllyasviel/Annotators 982e7ed...: download manifests fetch
+#   https://huggingface.co/lllyasviel/Annotators/resolve/982e7edaec38759d914a963c48c4726685de7d96/sk_model.pth
+#   and .../sk_model2.pth (with their sha256), and code loads controlnet_aux's NormalBaeDetector (scannet.pt)
+#   from the cache snapshot models--lllyasviel--Annotators/snapshots/982e7edaec38759d914a963c48c4726685de7d96.
+#   No source names ZoeD_M12_N.pt at a commit: depth stays on main.
+ANNOTATORS_COMMIT = "982e7edaec38759d914a963c48c4726685de7d96"
+# ybelkada/segment-anything 7790786...: pinned as
+#   https://huggingface.co/ybelkada/segment-anything/resolve/7790786db131bcdc639f24a915d9f2c331d843ee/checkpoints/sam_vit_h_4b8939.pth
+#   (an audit records that revision with 2,564,550,879 bytes and the sha256 below) and a cache snapshot
+#   .../snapshots/7790786db131bcdc639f24a915d9f2c331d843ee/checkpoints/sam_vit_b_01ec64.pth. None names
+#   sam_vit_l_0b3195.pth at a commit: sam-vit-l stays on main.
+SAM_COMMIT = "7790786db131bcdc639f24a915d9f2c331d843ee"
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,11 @@ class Checkpoint:
         """Whether a checksum is recorded (a full sha256, or the MD5 prefix of the file name)."""
         return self.sha256 is not None or self.md5_prefix is not None
 
+    @property
+    def pinned(self) -> bool:
+        """Whether ``revision`` is a commit (reproducible) rather than a branch such as ``main``."""
+        return is_commit(self.revision)
+
 
 @dataclass(frozen=True)
 class DiffusersRepo:
@@ -97,6 +121,21 @@ class DiffusersRepo:
     # Files worth fetching: diffusers needs configs and one weights variant, not every format in the repo.
     allow_patterns: tuple[str, ...] = field(default=("*.json", "*.txt", "*.safetensors"))
 
+    @property
+    def pinned(self) -> bool:
+        """Whether ``revision`` is a commit (reproducible) rather than a branch such as ``main``."""
+        return is_commit(self.revision)
+
+
+def is_commit(revision: str) -> bool:
+    """A full 40-hex-digit commit id (what a reproducible download pins)."""
+    return bool(_COMMIT.fullmatch(revision))
+
+
+def revision_text(entry: Checkpoint | DiffusersRepo) -> str:
+    """The revision as ``guides models list`` shows it: the short commit, or ``main (not pinned)``."""
+    return entry.revision[:12] if entry.pinned else f"{entry.revision} (not pinned)"
+
 
 _MB = 1_000_000
 
@@ -107,6 +146,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             name="lineart",
             repo=ANNOTATORS_REPO,
             filename="sk_model.pth",
+            revision=ANNOTATORS_COMMIT,
             container="state_dict",
             licence="MIT (informative-drawings, Chan et al.)",
             used_by="lineart",
@@ -117,6 +157,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             name="lineart-coarse",
             repo=ANNOTATORS_REPO,
             filename="sk_model2.pth",
+            revision=ANNOTATORS_COMMIT,
             container="state_dict",
             licence="MIT (informative-drawings, Chan et al.)",
             used_by="lineart --coarse",
@@ -127,6 +168,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             name="normals",
             repo=ANNOTATORS_REPO,
             filename="scannet.pt",
+            revision=ANNOTATORS_COMMIT,
             container="model_dict",
             may_have_module_prefix=True,
             licence="MIT (surface_normal_uncertainty, Bae et al.)",
@@ -149,6 +191,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             name="sam-vit-h",
             repo=SAM_REPO,
             filename="checkpoints/sam_vit_h_4b8939.pth",
+            revision=SAM_COMMIT,
             container="state_dict",
             licence="Apache-2.0 (facebookresearch/segment-anything)",
             used_by="sam, mask",
@@ -173,6 +216,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             name="sam-vit-b",
             repo=SAM_REPO,
             filename="checkpoints/sam_vit_b_01ec64.pth",
+            revision=SAM_COMMIT,
             container="state_dict",
             licence="Apache-2.0 (facebookresearch/segment-anything)",
             used_by="sam, mask",
@@ -194,6 +238,10 @@ DIFFUSERS_REPOS: dict[str, DiffusersRepo] = {
             licence="CreativeML OpenRAIL-M",
             used_by="generate, reproduce",
             approx_size=5_500 * _MB,
+            # stated in public code as the cache snapshot
+            # models--stable-diffusion-v1-5--stable-diffusion-v1-5/snapshots/451f4fe16113bff5a5d2269ed5ad43b0592e9a14
+            # (with feature_extractor/ and unet/ files; also runwayml's last commit of the same repository)
+            revision="451f4fe16113bff5a5d2269ed5ad43b0592e9a14",
             # The fp32 safetensors of every component; skip the EMA-only and the ckpt/bin duplicates.
             allow_patterns=("*.json", "*.txt", "*/model.safetensors", "*/diffusion_pytorch_model.safetensors"),
         ),
@@ -202,6 +250,10 @@ DIFFUSERS_REPOS: dict[str, DiffusersRepo] = {
             repo="lllyasviel/control_v11p_sd15_canny",
             role="controlnet",
             guide="canny",
+            # stated: https://huggingface.co/lllyasviel/control_v11p_sd15_canny/resolve/115a470d547982438f70198e353a921996e2e819/diffusion_pytorch_model.fp16.safetensors
+            # (imaginAIry's ControlNet configs and download scripts), and cache snapshots of that commit loaded
+            # with ControlNetModel.from_pretrained
+            revision="115a470d547982438f70198e353a921996e2e819",
             licence="OpenRAIL (ControlNet v1.1)",
             used_by="generate, reproduce",
             approx_size=1_450 * _MB,
@@ -212,6 +264,8 @@ DIFFUSERS_REPOS: dict[str, DiffusersRepo] = {
             repo="lllyasviel/control_v11f1p_sd15_depth",
             role="controlnet",
             guide="depth",
+            # stated: https://huggingface.co/lllyasviel/control_v11f1p_sd15_depth/resolve/539f99181d33db39cf1af2e517cd8056785f0a87/diffusion_pytorch_model.fp16.safetensors
+            revision="539f99181d33db39cf1af2e517cd8056785f0a87",
             licence="OpenRAIL (ControlNet v1.1)",
             used_by="generate, reproduce",
             approx_size=1_450 * _MB,
@@ -222,6 +276,9 @@ DIFFUSERS_REPOS: dict[str, DiffusersRepo] = {
             repo="lllyasviel/control_v11p_sd15_lineart",
             role="controlnet",
             guide="lineart",
+            # stated: a cache snapshot
+            # models--lllyasviel--control_v11p_sd15_lineart/snapshots/8a158f547e031c5b8fbca19ead09a74767ff4db0/diffusion_pytorch_model.safetensors
+            revision="8a158f547e031c5b8fbca19ead09a74767ff4db0",
             licence="OpenRAIL (ControlNet v1.1)",
             used_by="generate, reproduce",
             approx_size=1_450 * _MB,
@@ -232,6 +289,8 @@ DIFFUSERS_REPOS: dict[str, DiffusersRepo] = {
             repo="lllyasviel/control_v11p_sd15_normalbae",
             role="controlnet",
             guide="normals",
+            # stated: https://huggingface.co/lllyasviel/control_v11p_sd15_normalbae/resolve/cb7296e6587a219068e9d65864e38729cd862aa8/diffusion_pytorch_model.fp16.safetensors
+            revision="cb7296e6587a219068e9d65864e38729cd862aa8",
             licence="OpenRAIL (ControlNet v1.1)",
             used_by="generate, reproduce",
             approx_size=1_450 * _MB,
@@ -242,6 +301,7 @@ DIFFUSERS_REPOS: dict[str, DiffusersRepo] = {
             repo="mfidabel/controlnet-segment-anything",
             role="controlnet",
             guide="sam",
+            # no commit of mfidabel/controlnet-segment-anything found stated anywhere: main (not pinned)
             licence="unverified: see the model card",
             used_by="generate, reproduce",
             approx_size=1_450 * _MB,

@@ -1,9 +1,10 @@
 """Loading checkpoints safely (never unpickle code) and fast (no wasted random initialisation).
 
 ``read_state_dict`` reads a file with ``torch.load(weights_only=True, mmap=True)`` and unwraps its
-container. ``load_checkpoint_into`` builds the network with its parameters on the meta device (buffers are
-computed normally on the CPU), applies only the named key filters, checks the keys strictly and assigns the
-loaded tensors to the network, so the weights are read once and never copied into a throw-away random
+container. ``load_checkpoint_into`` builds the network on the meta device (``with torch.device("meta")``, a
+thread-local mode: nothing global is patched), fills the buffers the network computes itself, applies only
+the named key filters, checks the keys strictly and assigns the loaded tensors to the network
+(``load_state_dict(assign=True)``), so the weights are read once and never copied into a throw-away random
 initialisation.
 
 Key filters are plain named functions ``filter(state_dict, model) -> state_dict``; each one explains one
@@ -15,10 +16,8 @@ from __future__ import annotations
 import logging
 import pickle
 import re
-import threading
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -240,58 +239,70 @@ def _as_filter(spec: KeyFilterSpec) -> KeyFilter:
 
 # ------------------------------------------------------------------------------- building the network
 
-_building = threading.local()
-_patch_lock = threading.Lock()
-_patch_users = 0
-_original_register_parameter: Callable[..., None] | None = None
+#: The method a network (or any module in it) may define to fill, after a meta-device build, the
+#: buffers it computes itself (non-persistent: not in the state dict), e.g. BEiT's index tables.
+FILL_HOOK = "fill_computed_buffers"
 
 
-def _meta_register_parameter(module: nn.Module, name: str, param: Any) -> None:
-    assert _original_register_parameter is not None
-    _original_register_parameter(module, name, param)
-    if param is not None and getattr(_building, "depth", 0) > 0:
-        stored = module._parameters[name]
-        if stored is not None and not stored.is_meta:
-            try:
-                moved = type(stored)(stored.to("meta"), requires_grad=stored.requires_grad)
-            except TypeError:  # a Parameter subclass with another constructor: leave it where it is
-                return
-            moved.__dict__.update(stored.__dict__)  # attributes libraries hang on parameters
-            module._parameters[name] = moved
+def _meta_leftovers(model: nn.Module) -> list[str]:
+    """Tensors still on the meta device that no state dict will fill: computed buffers and plain tensor
+    attributes (parameters and persistent buffers come from the file)."""
+    import torch
+
+    left: list[str] = []
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.is_meta and name in module._non_persistent_buffers_set:
+                left.append(prefix + name)
+        for name, value in vars(module).items():
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                left.append(prefix + name)
+    return left
 
 
-@contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Within this block (in this thread), every new ``nn.Parameter`` lives on the meta device.
+def _get_path(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+    module_name, _, name = dotted.rpartition(".")
+    return (model.get_submodule(module_name) if module_name else model), name
 
-    No memory is allocated and no random initialisation runs for parameters; buffers are created and
-    computed normally on the CPU (what accelerate calls ``init_empty_weights(include_buffers=False)``).
-    Other threads building networks at the same time are not affected.
-    """
-    global _patch_users, _original_register_parameter
-    from torch import nn
 
-    with _patch_lock:
-        if _patch_users == 0:
-            _original_register_parameter = nn.Module.register_parameter
-            nn.Module.register_parameter = _meta_register_parameter  # type: ignore[method-assign]
-        _patch_users += 1
-    _building.depth = getattr(_building, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _building.depth -= 1
-        with _patch_lock:
-            _patch_users -= 1
-            if _patch_users == 0:
-                nn.Module.register_parameter = _original_register_parameter  # type: ignore[method-assign]
-                _original_register_parameter = None
+def _fill_from_plain_build(model: nn.Module, factory: Callable[[], nn.Module], names: list[str]) -> None:
+    """Fallback for a network without a fill hook: build it once the plain way (on the CPU) and take the
+    computed tensors from that copy. Slow, but exactly what a plain ``load_state_dict`` would keep."""
+    log.debug("no %s() for %s: building the network once on the CPU for them", FILL_HOOK, _key_list(names))
+    plain = factory()
+    for dotted in names:
+        source_module, name = _get_path(plain, dotted)
+        target_module, _ = _get_path(model, dotted)
+        value = getattr(source_module, name)
+        if name in target_module._buffers:
+            target_module._buffers[name] = value
+        else:
+            object.__setattr__(target_module, name, value)
 
 
 def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
-    """Call ``factory()`` with parameters on the meta device (see ``parameters_on_meta``)."""
-    with parameters_on_meta():
-        return factory()
+    """Call ``factory()`` on the meta device (``with torch.device("meta")``): no memory, no random init.
+
+    The device context is a thread-local torch function mode: nothing global changes and networks built
+    by other threads meanwhile are not affected. Parameters and persistent buffers stay on the meta
+    device until a state dict is assigned. The tensors the network computes itself (non-persistent
+    buffers, tensor attributes) are then filled on the CPU: by the ``fill_computed_buffers()`` method of
+    each module that defines one (in the order of ``model.modules()``), and for anything still on meta by a
+    single plain build of ``factory()`` whose values are taken (slow; networks in guides define the hook).
+    """
+    import torch
+
+    with torch.device("meta"):
+        model = factory()
+    for module in list(model.modules()):
+        hook = getattr(module, FILL_HOOK, None)
+        if callable(hook):
+            hook()
+    left = _meta_leftovers(model)
+    if left:
+        _fill_from_plain_build(model, factory, left)
+    return model
 
 
 def _match_dtypes(state_dict: StateDict, targets: Mapping[str, torch.Tensor]) -> StateDict:

@@ -24,13 +24,16 @@ from pathlib import Path
 from typing import Literal
 
 from guides.errors import WeightsError
-from guides.weights.catalog import Checkpoint, DiffusersRepo, get_checkpoint, get_diffusers_repo
+from guides.weights.catalog import Checkpoint, DiffusersRepo, get_checkpoint, get_diffusers_repo, is_commit
 
 log = logging.getLogger(__name__)
 
 MODELS_DIR_ENV = "GUIDES_MODELS_DIR"
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _HASH_CHUNK = 8 * 1024 * 1024
+PROBE_TIMEOUT_S = 10.0
+"""Seconds the one request checking that the hub can serve a file may wait (huggingface_hub's own
+default for such requests); a refused connection or a failed name lookup fails at once."""
 
 Where = Literal["explicit", "models-dir", "hub-cache", "downloaded"]
 
@@ -147,23 +150,37 @@ def find_in_models_dir(entry: Checkpoint, models_dir: str | Path | None) -> Path
     return None
 
 
-def find_in_hub_cache(entry: Checkpoint) -> Path | None:
-    """The file in the huggingface_hub cache (no network), or None."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+def cache_revisions(revision: str) -> tuple[str, ...]:
+    """The revisions a cache lookup tries: the catalog's, then ``main`` when that is a pinned commit.
 
-    try:
-        found = hf_hub_download(
-            entry.repo,
-            entry.filename,
-            revision=entry.revision,
-            cache_dir=hub_cache_dir(),
-            local_files_only=True,
-        )
-    except (EntryNotFoundError, FileNotFoundError, HFValidationError, OSError, ValueError):
-        return None
-    path = Path(found)
-    if not path.is_file():
+    Downloads fetch exactly the pinned commit; a copy already cached from ``main`` (an earlier download, or
+    another tool's) is still used rather than fetched again, with an info log, and what records provenance
+    (the dataset card's sha256, generate's sidecar) names the file actually used.
+    """
+    return (revision,) if revision == "main" else (revision, "main")
+
+
+def find_in_hub_cache(entry: Checkpoint) -> Path | None:
+    """The file in the huggingface_hub cache, or None: a look at the cache folder only.
+
+    ``try_to_load_from_cache`` rather than ``hf_hub_download(local_files_only=True)``: the latter builds
+    request headers, which in huggingface_hub 2.x may fetch a registry from the hub (a network request,
+    seconds without a network) even when nothing is downloaded.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    path: Path | None = None
+    for revision in cache_revisions(entry.revision):
+        try:
+            found = try_to_load_from_cache(entry.repo, entry.filename, cache_dir=hub_cache_dir(), revision=revision)
+        except (OSError, ValueError):
+            continue
+        if isinstance(found, str) and Path(found).is_file():
+            path = Path(found)
+            if revision != entry.revision:
+                log.info("%s: using the cached copy from %s (not the pinned commit %s)", entry.name, revision, entry.revision)
+            break
+    if path is None:
         return None
     if entry.size is not None and path.stat().st_size != entry.size:
         raise WeightsError(
@@ -179,8 +196,8 @@ def missing_message(entry: Checkpoint, models_dir: str | Path | None, *, reason:
     searched = f" (not in {folder})" if folder is not None else ""
     return (
         f"checkpoint {entry.name!r} ({entry.filename} from hub repo {entry.repo}) is not available{searched}: "
-        f"{reason}; run `guides models download {entry.name}`, or put {entry.basename} in a folder passed "
-        f"with --models-dir DIR (or {MODELS_DIR_ENV})"
+        f"{reason}; run `guides models download {entry.name}` (or add --download to the command), or put "
+        f"{entry.basename} in a folder passed with --models-dir DIR (or {MODELS_DIR_ENV})"
     )
 
 
@@ -195,16 +212,44 @@ def _remove_cached_download(path: Path) -> None:
         log.warning("could not delete refused download %s: %s", path, error)
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def probe_hub_file(repo: str, filename: str, revision: str) -> str | None:
+    """Why the hub cannot serve ``filename`` of ``repo`` at ``revision`` now, or None when it can.
+
+    One HEAD request, bounded by its own arguments (``PROBE_TIMEOUT_S``, no retries), so an unreachable
+    hub fails in about a second with one reason, instead of huggingface_hub's retries with backoff
+    (about 25 s and a warning per try) when a download finds no network. Nothing global is changed.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    endpoint = hub_endpoint()
+    url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint)
+    try:
+        get_hf_file_metadata(url, timeout=PROBE_TIMEOUT_S, endpoint=endpoint, retry_on_errors=False)
+    except Exception as error:  # connection, timeout, HTTP (404, 401, 5xx): all mean "cannot download now"
+        where = endpoint or "https://huggingface.co"
+        return f"the hub at {where} cannot serve it ({type(error).__name__}: {_first_line(error)})"
+    return None
+
+
 def download_checkpoint(entry: Checkpoint | str, to: str | Path | None = None) -> Path:
     """Download a checkpoint into the hub cache (or into the flat folder ``to``) and check it.
 
     The hub client shows its progress bar. A size or sha256 mismatch deletes the file and raises.
-    Offline (``HF_HUB_OFFLINE``) or unreachable hub: WeightsError with the alternatives.
+    Offline (``HF_HUB_OFFLINE``) or unreachable hub (checked first with one bounded request,
+    ``probe_hub_file``): WeightsError with the alternatives, at once.
     """
     if isinstance(entry, str):
         entry = get_checkpoint(entry)
     if is_offline():
         raise WeightsError(missing_message(entry, to, reason="HF_HUB_OFFLINE is set, nothing can be downloaded"))
+    unreachable = probe_hub_file(entry.repo, entry.filename, entry.revision)
+    if unreachable is not None:
+        raise WeightsError(missing_message(entry, to, reason=f"download failed: {unreachable}"))
     from huggingface_hub import hf_hub_download
 
     kwargs: dict[str, object] = {"revision": entry.revision, "endpoint": hub_endpoint()}
@@ -216,8 +261,7 @@ def download_checkpoint(entry: Checkpoint | str, to: str | Path | None = None) -
     try:
         path = Path(hf_hub_download(entry.repo, entry.filename, **kwargs))  # type: ignore[arg-type]
     except Exception as error:  # the hub client raises many types (HTTP, connection, OS): all mean "not here"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WeightsError(missing_message(entry, to, reason=f"download failed ({reason})")) from None
+        raise WeightsError(missing_message(entry, to, reason=f"download failed ({_first_line(error)})")) from None
     problems = check_file(entry, path)
     if problems:
         _remove_cached_download(path)
@@ -268,7 +312,7 @@ def resolve_checkpoint(
         return located.path
     entry = get_checkpoint(name)
     if not download:
-        raise WeightsError(missing_message(entry, models_dir, reason="not in the hub cache"))
+        raise WeightsError(missing_message(entry, models_dir, reason="not in the hub cache, and downloading was not asked for"))
     if is_offline():
         raise WeightsError(missing_message(entry, models_dir, reason="HF_HUB_OFFLINE is set and it is not in the hub cache"))
     return download_checkpoint(entry)
@@ -279,6 +323,22 @@ def resolve_checkpoint(
 
 def _looks_like_diffusers_folder(path: Path) -> bool:
     return (path / "model_index.json").is_file() or (path / "config.json").is_file()
+
+
+def cached_snapshot(repo: str, revision: str) -> Path | None:
+    """The hub cache's snapshot folder of ``repo`` at ``revision`` (a commit, or a branch read from
+    ``refs/``), or None: the documented cache layout read directly, with no hub client call (see
+    ``find_in_hub_cache`` for why)."""
+    storage = hub_cache_dir() / f"models--{repo.replace('/', '--')}"
+    commit = revision
+    if not is_commit(revision):
+        ref = storage / "refs" / revision
+        try:
+            commit = ref.read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+    folder = storage / "snapshots" / commit
+    return folder if commit and folder.is_dir() else None
 
 
 def _diffusers_hint(repo: str, entry: DiffusersRepo | None) -> str:
@@ -317,20 +377,13 @@ def resolve_diffusers_repo(
         for candidate in (folder / repo.rsplit("/", 1)[-1], folder / repo):
             if candidate.is_dir() and _looks_like_diffusers_folder(candidate):
                 return candidate
-    from huggingface_hub import snapshot_download
-
-    revision = entry.revision if entry is not None else None
-    allow = list(entry.allow_patterns) if entry is not None else None
-    try:
-        found = Path(
-            snapshot_download(
-                repo, revision=revision, cache_dir=hub_cache_dir(), local_files_only=True, allow_patterns=allow
-            )
-        )
-        if _looks_like_diffusers_folder(found):
+    revisions = cache_revisions(entry.revision) if entry is not None else ("main",)
+    for revision in revisions:
+        found = cached_snapshot(repo, revision)
+        if found is not None and _looks_like_diffusers_folder(found):
+            if entry is not None and revision != entry.revision:
+                log.info("%s: using the cached copy from %s (not the pinned commit %s)", repo, revision, entry.revision)
             return found
-    except Exception:  # LocalEntryNotFoundError and friends: not cached
-        pass
     searched = f" (not in {folder})" if folder is not None else ""
     if not download or is_offline():
         why = "HF_HUB_OFFLINE is set and it is" if is_offline() else "it is"
