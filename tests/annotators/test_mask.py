@@ -77,6 +77,16 @@ def test_prompts_give_samPredictors_highest_scoring_mask(tiny: Sam, prompts: dic
     assert np.array_equal(repaint == 255, expected)
 
 
+def test_bf16_prompts_on_the_cpu_give_a_mask_close_to_fp32(tiny: Sam) -> None:
+    """bf16 autocast on the CPU: the prompt path returns bf16 scores, which numpy cannot take (this was an
+    internal error, ``Got unsupported ScalarType BFloat16``); the mask must come out and be nearly fp32's."""
+    image = blocks_image()
+    full = MaskAnnotator(MaskOptions(points=[(30, 40)]), model=tiny).annotate(image)
+    reduced = MaskAnnotator(MaskOptions(points=[(30, 40)], precision="bf16"), model=tiny).annotate(image)
+    assert reduced.dtype == np.uint8 and reduced.shape == full.shape and set(np.unique(reduced)) <= {0, 255}
+    assert (reduced != full).mean() < 0.02, f"{(reduced != full).mean():.3%} of pixels differ from fp32"
+
+
 def test_points_are_input_pixels_when_resizing(tiny: Sam) -> None:
     """At --resolution 64 the subject is SamPredictor's at the working size (64x64, the point scaled),
     and the mask comes out at the input size: that subject resized by nearest neighbour."""

@@ -31,10 +31,8 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -176,18 +174,8 @@ def top_help(guides_help: Callable[..., Result]) -> Result:
 def hub() -> Iterator[Any]:
     """The loopback hub of tests/weights/conftest.py (127.0.0.1, serves only what a test adds)."""
     weights = conftest_module("weights")
-    fake = weights.FakeHub()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), weights._handler(fake))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with weights.serving(weights.FakeHub()) as fake:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def model_requests(hub: Any) -> list[tuple[str, str]]:

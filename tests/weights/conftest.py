@@ -12,10 +12,12 @@ It listens on 127.0.0.1 only, serves only the files a test registers, and stops 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -110,28 +112,34 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def fake_hub(monkeypatch: pytest.MonkeyPatch, isolated_env: Path):
-    """A running loopback hub; HF_ENDPOINT points at it; HF_HOME is a fresh folder; online mode."""
-    hub = FakeHub()
+@contextlib.contextmanager
+def serving(hub: FakeHub) -> Iterator[FakeHub]:
+    """Serve ``hub`` on 127.0.0.1 (a free port, ``hub.url``) until the block ends."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
     server.daemon_threads = True
     server.timeout = 5
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     hub.url = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    # huggingface_hub fixes its offline mode when first imported (possibly under isolated_env's offline)
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     try:
         yield hub
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch, isolated_env: Path):
+    """A running loopback hub; HF_ENDPOINT points at it; HF_HOME is a fresh folder; online mode."""
+    with serving(FakeHub()) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        # huggingface_hub fixes its offline mode when first imported (possibly under isolated_env's offline)
+        import huggingface_hub.constants
+
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        yield hub
 
 
 @pytest.fixture(autouse=True)

@@ -474,9 +474,21 @@ class SamEngine:
 
     def predict(self, points: np.ndarray | None, labels: np.ndarray | None, box: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """``SamPredictor.predict(..., multimask_output=True)``: 3 bool masks (3, H, W) and their scores."""
+        # SamPredictor.predict's prompt transforms, then predict_torch; the scores are converted with .float()
+        # because under bf16 autocast they are bfloat16, which numpy cannot take (predict itself would fail).
+        predictor = self.predictor
+        if not predictor.is_image_set:
+            raise RuntimeError("set_image must be called before predict")
+        coords_t = labels_t = box_t = None
+        if points is not None:
+            coords = predictor.transform.apply_coords(points, predictor.original_size)
+            coords_t = torch.as_tensor(coords, dtype=torch.float, device=predictor.device)[None, :, :]
+            labels_t = torch.as_tensor(labels, dtype=torch.int, device=predictor.device)[None, :]
+        if box is not None:
+            box_t = torch.as_tensor(predictor.transform.apply_boxes(box, predictor.original_size), dtype=torch.float, device=predictor.device)[None, :]
         with self._precision():
-            masks, scores, _ = self.predictor.predict(point_coords=points, point_labels=labels, box=box, multimask_output=True)
-        return np.asarray(masks, dtype=bool), np.asarray(scores, dtype=np.float32)
+            masks, scores, _ = predictor.predict_torch(coords_t, labels_t, box_t, None, True, return_logits=False)
+        return masks[0].cpu().numpy().astype(bool), scores[0].float().cpu().numpy()
 
     def generate(self, settings: GeneratorSettings = GeneratorSettings()) -> Segments:
         """Automatic masks of the current image: ``SamAutomaticMaskGenerator(model, **settings).generate``."""
