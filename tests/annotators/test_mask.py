@@ -5,13 +5,14 @@ keeps these fast; the ViT-B point check is in test_sam.py with the session's ViT
 
 from __future__ import annotations
 
+import importlib
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("segment_anything")
+torch = importlib.import_module("torch")  # in the test extra: a missing one fails
+importlib.import_module("segment_anything")  # in the test extra: a missing one fails
 
 from segment_anything import SamPredictor  # noqa: E402
 from segment_anything.modeling import Sam  # noqa: E402

@@ -20,6 +20,7 @@ one line, exit 2, and no download.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import io
@@ -187,8 +188,8 @@ def model_requests(hub: Any) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def sam_vit_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A folder holding a random ViT-B SAM as the public ``sam_vit_b_01ec64.pth`` (a plain state dict)."""
-    torch = pytest.importorskip("torch")
-    registry = pytest.importorskip("segment_anything").sam_model_registry
+    torch = importlib.import_module("torch")  # in the test extra: a missing one fails
+    registry = importlib.import_module("segment_anything").sam_model_registry  # in the test extra: a missing one fails
     folder = tmp_path_factory.mktemp("sam-vit-b")
     torch.manual_seed(0)
     torch.save(registry["vit_b"]().state_dict(), folder / "sam_vit_b_01ec64.pth")
@@ -202,7 +203,7 @@ def lineart_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     controlnet_aux's ``Generator(3, 1, 3)``)."""
     import warnings
 
-    torch = pytest.importorskip("torch")
+    torch = importlib.import_module("torch")  # in the test extra: a missing one fails
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # controlnet_aux warns about optional packages when imported
         from controlnet_aux.lineart import Generator
@@ -215,7 +216,7 @@ def lineart_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_diffusion(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The tiny random SD 1.5 + ControlNets of tests/diffusion/conftest.py (local diffusers folders)."""
-    pytest.importorskip("diffusers")
+    importlib.import_module("diffusers")  # in the test extra: a missing one fails
     import torch
 
     threads = torch.get_num_threads()
@@ -437,7 +438,7 @@ def _dataset(call: Call, format_: str) -> Path:
 
 @real_call("dataset-parquet", "dataset")
 def _dataset_parquet(call: Call) -> None:
-    parquet = pytest.importorskip("pyarrow.parquet")
+    parquet = importlib.import_module("pyarrow.parquet")  # in the test extra: a missing one fails
     out = _dataset(call, "parquet")
     (shard,) = sorted((out / "canny").glob("*.parquet"))
     table = parquet.read_table(shard)

@@ -158,6 +158,7 @@ def test_unreachable_hub_is_the_same_clear_error(monkeypatch):
         resolve_checkpoint("lineart")
     message = str(caught.value)
     assert "download failed" in message and "guides models download lineart" in message, message
+    assert sum(waits) < 2, f"the client backed off {sum(waits):.1f} s before failing (retries must be bounded)"
 
 
 # ------------------------------------------------------------------------------------ downloads
