@@ -12,8 +12,6 @@ from guides.cli.testing import invoke
 importlib.import_module("pyarrow")  # in the test extra: a missing one fails
 
 
-
-
 def test_dataset_command_reports_failures_uncaptioned_photos_and_commands(photo_tree: Path, tmp_path: Path) -> None:
     (photo_tree / "sub" / "c.txt").write_text("a caption for c", encoding="utf-8")
     out = tmp_path / "train set"
@@ -55,3 +53,33 @@ def test_dataset_usage_errors_exit_2(args, message: str, tmp_path: Path) -> None
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_weights_are_not_downloaded_unasked(photo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the command line a learned annotator's missing checkpoint is an error (exit 2, one line naming
+    --download), never a download; with --download the export asks the hub."""
+    import guides.weights.resolve as resolve
+
+    asked: list[str] = []
+
+    def no_download(entry, to=None):  # type: ignore[no-untyped-def]
+        asked.append(getattr(entry, "name", entry))
+        raise resolve.WeightsError("no hub in this test")
+
+    monkeypatch.setattr(resolve, "download_checkpoint", no_download)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf home"))
+    monkeypatch.delenv("GUIDES_MODELS_DIR", raising=False)
+    out = tmp_path / "train"
+    result = invoke("dataset", str(photo_folder), "-a", "lineart", "-o", str(out), "--prompt", "a photo", "-q")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: checkpoint 'lineart'") and "--download" in lines[0], result.stderr
+    assert "downloading was not asked for" in lines[0] and asked == []
+    # --download reaches the download step: offline (the suite's HF_HUB_OFFLINE=1) it says so, in one line
+    again = invoke("dataset", str(photo_folder), "-a", "lineart", "-o", str(out), "--prompt", "a photo", "-q", "--download")
+    assert again.exit_code == 2 and "HF_HUB_OFFLINE is set" in again.stderr, again.output
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(resolve, "is_offline", lambda: False)
+    online = invoke("dataset", str(photo_folder), "-a", "lineart", "-o", str(out), "--prompt", "a photo", "-q", "--download")
+    assert online.exit_code == 2 and "no hub in this test" in online.stderr, online.output
+    assert asked == ["lineart"]

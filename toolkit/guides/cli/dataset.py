@@ -38,6 +38,7 @@ LISTED_UNCAPTIONED = 20
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None)
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=None)
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=str), envvar="GUIDES_MODELS_DIR", default=None)
+@click.option("--download", is_flag=True, help="Download missing checkpoints from the Hugging Face hub (otherwise a missing checkpoint is an error).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="ray: annotate on Ray Data (pip install \"controlnet-guides[ray]\").")
 @click.option("--ray-address", default=None, help="Ray cluster to use [default: start a local Ray runtime].")
 @click.option("--num-gpus-per-worker", type=click.FloatRange(0, 64), default=0.0, help="GPU fraction per annotator actor on Ray (learned annotators).")
