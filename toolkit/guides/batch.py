@@ -186,6 +186,7 @@ def plan_jobs(
     )
     if out is not None and not single_file:
         _check_output_folder(out, stages, per_stage_folders)
+    # (a single .png output is confirmed once the inputs are listed; if they are not one file, ``out`` is a folder)
     roots = [] if out is None else [_identity(out / name) for name in names] if per_stage_folders else [_identity(out)]
     failures: list[Failure] = []
     sources: list[tuple[Path, Path]] = []  # (file, path relative to its input root)
@@ -219,7 +220,10 @@ def plan_jobs(
         else:
             failures.append(Failure(str(path), problem or "no such file or folder"))
 
-    single_file = single_file and len(sources) == 1
+    if single_file and len(sources) != 1:
+        single_file = False
+        if sources:  # several files (e.g. a link to a folder): ``out`` is a folder after all
+            _check_output_folder(out, stages, per_stage_folders)  # type: ignore[arg-type]
     input_files = {_identity(source) for source, _ in sources}
     claimed: dict[Path, Path] = {}
     jobs: list[Job] = []

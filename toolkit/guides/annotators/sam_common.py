@@ -53,26 +53,45 @@ class SamEngineCache:
     annotators that acquire them: ``guides run sam,mask`` (or ``inpaint-target`` beside ``sam``) loads
     one model and encodes each image once.
 
-    Thread-safe (one lock; a load happens under it, so two threads asking for the same engine load it
-    once). An engine stays cached while an annotator holds it: ``release`` by its last holder drops it
-    from the cache and frees its image embeddings; an annotator dropped without ``close`` stops holding
-    it when it is garbage collected. Annotators built without a cache use ``SHARED_ENGINES``.
+    Thread-safe: one lock guards the cache, and a load (seconds, gigabytes) runs under a lock of its own key
+    only, so two threads asking for the same engine load it once while other keys, ``release`` and ``close``
+    of other annotators are not held up. An engine stays cached while an annotator holds it: ``release`` by
+    its last holder drops it from the cache and frees its image embeddings; an annotator dropped without
+    ``close`` stops holding it when it is garbage collected. Annotators built without a cache use
+    ``SHARED_ENGINES``.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._engines: weakref.WeakValueDictionary[EngineKey, SamEngine] = weakref.WeakValueDictionary()
         self._holders: weakref.WeakKeyDictionary[SamEngine, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
+        self._loading: dict[EngineKey, threading.Lock] = {}
+
+    def _held(self, engine: SamEngine, holder: Any) -> SamEngine:
+        """Record that ``holder`` holds ``engine`` (call with ``self._lock`` held)."""
+        self._holders.setdefault(engine, weakref.WeakSet()).add(holder)
+        return engine
 
     def acquire(self, key: EngineKey, load: Callable[[], SamEngine], holder: Any) -> SamEngine:
         """The engine cached under ``key``, else ``load()``'s (then cached); ``holder`` now holds it."""
         with self._lock:
             engine = self._engines.get(key)
-            if engine is None:
+            if engine is not None:
+                return self._held(engine, holder)
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                engine = self._engines.get(key)
+                if engine is not None:  # loaded by the thread this one waited for
+                    return self._held(engine, holder)
+            try:
                 engine = load()
-                self._engines[key] = engine
-            self._holders.setdefault(engine, weakref.WeakSet()).add(holder)
-            return engine
+                with self._lock:
+                    self._engines[key] = engine
+                    return self._held(engine, holder)
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
 
     def release(self, engine: SamEngine, holder: Any) -> bool:
         """``holder`` no longer holds ``engine``; True when no one does any more (the engine is then

@@ -15,6 +15,7 @@ catalog's size and sha256 and refused (deleted) on a mismatch.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import sys
@@ -228,8 +229,10 @@ def probe_hub_file(repo: str, filename: str, revision: str) -> str | None:
 
     endpoint = hub_endpoint()
     url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint)
+    # retry_on_errors is newer than our huggingface_hub floor; older releases retry only on their own terms
+    no_retries = {"retry_on_errors": False} if "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters else {}
     try:
-        get_hf_file_metadata(url, timeout=PROBE_TIMEOUT_S, endpoint=endpoint, retry_on_errors=False)
+        get_hf_file_metadata(url, timeout=PROBE_TIMEOUT_S, endpoint=endpoint, **no_retries)
     except Exception as error:  # connection, timeout, HTTP (404, 401, 5xx): all mean "cannot download now"
         where = endpoint or "https://huggingface.co"
         return f"the hub at {where} cannot serve it ({type(error).__name__}: {_first_line(error)})"
