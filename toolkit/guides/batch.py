@@ -32,7 +32,7 @@ from typing import Protocol, Union
 import numpy as np
 
 from .errors import GuidesError, InputError, InternalError, UsageError
-from .imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, TEMP_MARK, load_image, remove_stale_temp_files, write_png_atomic
+from .imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, TEMP_MARK, first_line, load_image, remove_stale_temp_files, write_png_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -352,8 +352,12 @@ def run_jobs(
     progress: bool | None = None,
     failures: Sequence[Failure] = (),
     decode: Callable[[Path, int], np.ndarray] = load_image,
+    needed: Sequence[tuple[str, ...]] | None = None,
 ) -> Summary:
     """Annotate every job's image with the stages it still needs and write the guides.
+
+    ``needed``: each job's ``stages_to_run``, when the caller has already worked them out (it opens every
+    existing output), in the order of ``jobs``.
 
     ``workers`` threads decode and write (default: the number of cores); the calling thread runs the
     stages, batching images with equal ``batch_key`` up to each stage's ``batch_size``. At most a
@@ -367,6 +371,8 @@ def run_jobs(
     summary = Summary(failed=list(failures))
     started = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
+    if needed is not None and len(needed) != len(jobs):
+        raise ValueError(f"needed has {len(needed)} entries for {len(jobs)} jobs")
     bar = _progress_bar(len(jobs), show)
     batch_target = max((stage.batch_size for stage in stages.values()), default=1)
     window = 2 * workers + batch_target
@@ -437,13 +443,12 @@ def run_jobs(
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="guides-io") as pool:
         try:
-            for job in jobs:
-                needed = stages_to_run(job, overwrite)
-                if not needed:
+            for job, stages_left in zip(jobs, needed if needed is not None else (stages_to_run(job, overwrite) for job in jobs)):
+                if not stages_left:
                     summary.skipped += 1
                     bar.update(1)
                     continue
-                pending = _Pending(job, needed)
+                pending = _Pending(job, stages_left)
                 decoding.append((pending, pool.submit(decode, job.source, max_pixels)))
                 while len(decoding) >= window:
                     take_decoded()
@@ -506,7 +511,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def out_of_memory_reason(name: str, error: BaseException) -> str:
     """The failure line of an image that ran out of memory even alone: what happened and what to change."""
-    return (f"{name} ran out of memory on this image ({type(error).__name__}: {_first_line(error)}); "
+    return (f"{name} ran out of memory on this image ({type(error).__name__}: {first_line(error)}); "
             "try a smaller --batch-size, a lower --resolution or --precision fp16/bf16")
 
 
@@ -514,7 +519,7 @@ def decode_failure_reason(path: str | os.PathLike, error: Exception) -> str:
     """The failure line of a decode that raised ``error`` (not a ``GuidesError``): out of memory is one
     file's failure; anything else is a bug in the reader and raises ``InternalError``."""
     if is_out_of_memory(error):
-        return f"cannot decode: out of memory ({type(error).__name__}: {_first_line(error)}); try fewer --jobs"
+        return f"cannot decode: out of memory ({type(error).__name__}: {first_line(error)}); try fewer --jobs"
     raise InternalError(path, "decode", error) from error
 
 
@@ -565,11 +570,6 @@ def _call_stage(stage: Stage, name: str, images: Sequence[np.ndarray]) -> list[G
     if len(results) != len(images):
         return RuntimeError(f"{name} returned {len(results)} guides for {len(images)} images")
     return results
-
-
-def _first_line(error: BaseException, limit: int = 160) -> str:
-    text = (str(error).strip().splitlines() or [""])[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _write_outputs(job: Job, results: Mapping[str, GuideResult]) -> None:

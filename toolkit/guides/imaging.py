@@ -418,7 +418,7 @@ def _open_header(data: bytes, name: str | os.PathLike, max_pixels: int) -> Image
         raise InputError(name, f"image is over Pillow's own limit of {_pillow_limit():,} pixels "
                                "(PIL.Image.MAX_IMAGE_PIXELS x 2), which --max-pixels does not change") from None
     except Exception as error:  # noqa: BLE001 - Pillow raises many types on corrupt headers
-        raise InputError(name, f"corrupt or truncated image ({_short(error)})") from None
+        raise InputError(name, f"corrupt or truncated image ({first_line(error)})") from None
     width, height = header.size
     if width <= 0 or height <= 0:
         raise InputError(name, f"invalid image size {width}x{height}")
@@ -564,7 +564,7 @@ def _check_decodes_fully(header: ImageFile.ImageFile, name: str | os.PathLike) -
     try:
         header.load()
     except Exception as error:  # noqa: BLE001
-        raise InputError(name, f"corrupt or truncated image ({_short(error)})") from None
+        raise InputError(name, f"corrupt or truncated image ({first_line(error)})") from None
 
 
 def _bmp_complete(data: bytes) -> bool:
@@ -630,13 +630,16 @@ def _decode_with_pillow(image: ImageFile.ImageFile, name: str | os.PathLike, kee
             f"for decoding this {image.format} file (PIL.Image.MAX_IMAGE_PIXELS x 2), which --max-pixels does not change",
         ) from None
     except Exception as error:  # noqa: BLE001 - any decoder failure is a corrupt file to the user
-        raise InputError(name, f"corrupt or truncated image ({_short(error)})") from None
+        raise InputError(name, f"corrupt or truncated image ({first_line(error)})") from None
 
 
 def _pillow_limit() -> int:
     return 2 * int(Image.MAX_IMAGE_PIXELS or 0)
 
 
-def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text[:160]
+def first_line(error: BaseException, limit: int | None = 160) -> str:
+    """The first line of an error's message (its type's name when empty), cut to ``limit`` characters
+    (``None``: whole): what one-line failure messages quote of a library's exception."""
+    text = str(error).strip()
+    text = text.splitlines()[0] if text else type(error).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

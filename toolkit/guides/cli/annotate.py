@@ -168,11 +168,12 @@ def composite(image: str, mask: str, output: str | None, background: str, invert
 def _run(jobs: Sequence[Job], failures: Sequence, loaders: Mapping[str, Callable[[], Annotator]],
          workers: int | None, overwrite: bool, max_pixels: int, quiet: bool) -> Summary:
     """Load only the annotators some job still needs (a finished rerun loads no model), then run."""
-    needed = {name for job in jobs for name in stages_to_run(job, overwrite)}
-    stages = {name: loader() for name, loader in loaders.items() if name in needed}
+    needed = [stages_to_run(job, overwrite) for job in jobs]
+    wanted = {name for names in needed for name in names}
+    stages = {name: loader() for name, loader in loaders.items() if name in wanted}
     try:
         return run_jobs(jobs, stages, workers=workers, overwrite=overwrite, max_pixels=max_pixels,
-                        progress=False if quiet else None, failures=failures)
+                        progress=False if quiet else None, failures=failures, needed=needed)
     finally:
         for stage in stages.values():
             stage.close()

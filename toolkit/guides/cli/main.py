@@ -76,7 +76,7 @@ def cli(verbose: int) -> None:
     Exit codes: 0 done, 1 some files failed (one "failed:" line each), 2 usage error
     or missing model, 3 internal error (a bug: run with -vv and report it), 130 interrupted.
     """
-    _configure_logging(verbose)
+    # ``-v`` is read by ``main`` before click resolves the command (so -vv covers resolution too).
 
 
 #: Exit code of an internal error (a bug, not bad input), documented in ``guides --help``.

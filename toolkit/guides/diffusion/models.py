@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import UsageError, WeightsError
+from ..imaging import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -281,12 +282,12 @@ def load_base(path: Path, device: Any, dtype: Any) -> BaseComponents:
         tokenizer = _quietly(lambda: CLIPTokenizer.from_pretrained(path / "tokenizer",
                                                                     **_special_tokens(path / "tokenizer")))
     except (OSError, ValueError, RuntimeError) as error:
-        raise WeightsError(f"{path}: cannot load the base model ({_first_line(error)})") from None
+        raise WeightsError(f"{path}: cannot load the base model ({first_line(error, limit=300)})") from None
     scheduler_dir = path / "scheduler"
     try:
         stored = json.loads((scheduler_dir / "scheduler_config.json").read_text())
     except (OSError, ValueError) as error:
-        raise WeightsError(f"{scheduler_dir}: cannot read scheduler_config.json ({_first_line(error)})") from None
+        raise WeightsError(f"{scheduler_dir}: cannot read scheduler_config.json ({first_line(error, limit=300)})") from None
     class_name = stored.get("_class_name", "PNDMScheduler")
     base_class = getattr(diffusers, class_name, None)
     if base_class is None:
@@ -352,7 +353,7 @@ def load_controlnet(path: Path, device: Any, dtype: Any) -> LoadedControlNet:
     try:
         net = ControlNetModel.from_pretrained(path, use_safetensors=use_safetensors, **_loading_kwargs(dtype))
     except (OSError, ValueError, RuntimeError) as error:
-        raise WeightsError(f"{path}: cannot load the ControlNet ({_first_line(error)})") from None
+        raise WeightsError(f"{path}: cannot load the ControlNet ({first_line(error, limit=300)})") from None
     net.to(device)
     net.eval()
     net.requires_grad_(False)
@@ -405,8 +406,3 @@ def device_description(device: Any) -> dict[str, Any]:
         info["name"] = platform.processor() or platform.machine()
         info["threads"] = torch.get_num_threads()
     return info
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from guides.errors import WeightsError
+from guides.imaging import first_line
 from guides.weights.catalog import Checkpoint, DiffusersRepo, get_checkpoint, get_diffusers_repo, is_commit
 
 log = logging.getLogger(__name__)
@@ -213,11 +214,6 @@ def _remove_cached_download(path: Path) -> None:
         log.warning("could not delete refused download %s: %s", path, error)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def probe_hub_file(repo: str, filename: str, revision: str) -> str | None:
     """Why the hub cannot serve ``filename`` of ``repo`` at ``revision`` now, or None when it can.
 
@@ -235,7 +231,7 @@ def probe_hub_file(repo: str, filename: str, revision: str) -> str | None:
         get_hf_file_metadata(url, timeout=PROBE_TIMEOUT_S, endpoint=endpoint, **no_retries)
     except Exception as error:  # connection, timeout, HTTP (404, 401, 5xx): all mean "cannot download now"
         where = endpoint or "https://huggingface.co"
-        return f"the hub at {where} cannot serve it ({type(error).__name__}: {_first_line(error)})"
+        return f"the hub at {where} cannot serve it ({type(error).__name__}: {first_line(error, limit=None)})"
     return None
 
 
@@ -264,7 +260,7 @@ def download_checkpoint(entry: Checkpoint | str, to: str | Path | None = None) -
     try:
         path = Path(hf_hub_download(entry.repo, entry.filename, **kwargs))  # type: ignore[arg-type]
     except Exception as error:  # the hub client raises many types (HTTP, connection, OS): all mean "not here"
-        raise WeightsError(missing_message(entry, to, reason=f"download failed ({_first_line(error)})")) from None
+        raise WeightsError(missing_message(entry, to, reason=f"download failed ({first_line(error, limit=None)})")) from None
     problems = check_file(entry, path)
     if problems:
         _remove_cached_download(path)
