@@ -10,6 +10,9 @@ function returns a PIL image):
     >>> annotator = guides.load("canny", low=50)   # build once, call on many images
     >>> annotator.annotate(rgb_array)          # -> numpy guide
 
+Every registered annotator, plugins included, is also a function of this package named after it
+(``guides.depth(image, format="gray")``), its keyword arguments those of its ``Options``.
+
 Importing this package imports neither torch nor any model code.
 """
 
@@ -22,17 +25,53 @@ from PIL import Image
 
 __version__ = "0.1.0"
 
-from .annotators.base import Annotator  # noqa: E402
+from .annotators.base import Annotator, AnnotatorOptions, ModelOptions  # noqa: E402
 from .errors import GuidesError, InputError, UsageError, WeightsError  # noqa: E402
 from .imaging import ImageLike, to_pil, to_rgb_array  # noqa: E402
-from .registry import available, get  # noqa: E402
+from .options import option  # noqa: E402
+from .registry import BUILT_IN, available, get  # noqa: E402
 from .system import tune_allocator  # noqa: E402  (standard library only; never called by the package)
 
 __all__ = [
-    "Annotator", "GuidesError", "InputError", "UsageError", "WeightsError",
-    "annotate", "available", "canny", "composite", "depth", "get", "lineart", "load", "mask", "normals", "sam",
-    "tune_allocator",
+    "Annotator", "AnnotatorOptions", "GuidesError", "InputError", "ModelOptions", "UsageError", "WeightsError",
+    "annotate", "available", "composite", "get", "load", "option", "tune_allocator", *BUILT_IN,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``guides.<annotator>(image, **options)`` for every registered annotator (built in or plugin)."""
+    from .registry import REGISTRY
+
+    if name.startswith("_") or name not in REGISTRY:
+        raise AttributeError(f"module 'guides' has no attribute {name!r}")
+    return annotator_function(name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *available()})
+
+
+def annotator_function(name: str) -> Any:
+    """The function ``guides.<name>``: the guide (a PIL image) of one image by annotator ``name``, with the
+    annotator's options as keyword arguments (signature and doc derived from its ``Options``)."""
+    import inspect
+
+    from .options import option_infos
+
+    cls = get(name).annotator_class()
+
+    def function(image: ImageLike, **options: Any) -> Image.Image:
+        return annotate(name, image, **options)
+
+    infos = option_infos(cls.Options)
+    parameters = [inspect.Parameter("image", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    parameters += [inspect.Parameter(info.name, inspect.Parameter.KEYWORD_ONLY, default=info.default) for info in infos]
+    function.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    function.__name__ = function.__qualname__ = name
+    function.__module__ = __name__
+    lines = [f"{cls.summary}", "", "Options:"] + [f"    {info.name} (default {info.default!r}): {info.help}" for info in infos]
+    function.__doc__ = "\n".join(lines)
+    return function
 
 
 def load(name: str, **options: Any) -> Annotator:
@@ -47,54 +86,6 @@ def annotate(name: str, image: ImageLike, **options: Any) -> Image.Image:
         return to_pil(annotator.annotate(to_rgb_array(image)))
     finally:
         annotator.close()
-
-
-def canny(image: ImageLike, low: int = 100, high: int = 200, resolution: int = 0,
-          max_working_pixels: int | None = None) -> Image.Image:
-    """Canny edges (L, 0/255), bit-exact with ``cv2.Canny(cv2.imread(path), low, high)``.
-
-    ``max_working_pixels``: refuse an image whose working size has more pixels (default 2**28)."""
-    return annotate("canny", image, low=low, high=high, resolution=resolution, max_working_pixels=max_working_pixels)
-
-
-def depth(image: ImageLike, format: str = "rgba", flip: bool = True, pad: bool = True, resolution: int = 0,
-          **options: Any) -> Image.Image:
-    """ZoeDepth (ZoeD_N) depth: RGBA near = white as the original colouring; ``format="gray"`` (L) or
-    ``"metric16"`` (I;16, metres * 256). ``options``: device, precision, models_dir, checkpoint."""
-    return annotate("depth", image, format=format, flip=flip, pad=pad, resolution=resolution, **options)
-
-
-def lineart(image: ImageLike, coarse: bool = False, invert: bool = False, resolution: int = 512,
-            **options: Any) -> Image.Image:
-    """Line art (L): dark lines on white as ``refs/cutecat_guide_lineart.png`` (``invert=True``: white on
-    black, controlnet_aux's convention); ``coarse=True`` uses ``sk_model2.pth``. ``options``: device,
-    precision, batch_size, models_dir, checkpoint."""
-    return annotate("lineart", image, coarse=coarse, invert=invert, resolution=resolution, **options)
-
-
-def normals(image: ImageLike, resolution: int = 512, **options: Any) -> Image.Image:
-    """NormalBae surface normals (RGB = ((n + 1) / 2) * 255) as ``refs/cutecat_guide_normals.png``.
-    ``options``: device, precision, batch_size, models_dir, checkpoint."""
-    return annotate("normals", image, resolution=resolution, **options)
-
-
-def sam(image: ImageLike, **options: Any) -> Image.Image:
-    """Segment Anything guide (RGB): automatic masks, largest first, one flat colour each over black.
-
-    Masks are exactly ``SamAutomaticMaskGenerator``'s; colours come from ``seed`` (same image and seed, same
-    guide). Options: ``model`` (vit_h|vit_l|vit_b), ``points_per_side``, ``pred_iou_thresh``,
-    ``stability_score_thresh``, ``min_region_area``, ``seed``, ``resolution``, ``device``, ``precision``...
-    """
-    return annotate("sam", image, **options)
-
-
-def mask(image: ImageLike, **options: Any) -> Image.Image:
-    """Subject mask (L): black = keep the subject, white = repaint (``invert=True`` swaps them).
-
-    The subject: ``points=[(x, y), ...]`` / ``negative_points`` / ``box=(x0, y0, x1, y1)`` (SamPredictor's
-    best of three), else the best-scored automatic mask covering the centre. Also ``dilate``, ``feather``.
-    """
-    return annotate("mask", image, **options)
 
 
 def composite(

@@ -1,19 +1,50 @@
-"""Name -> annotator. The CLI, the batch engine and the ControlNet stage all go through here.
+"""Name -> annotator. The CLI, the batch engines, the Python API and the ControlNet stage all go through here.
 
-Entries are plain data; an annotator's module is imported only when it is used, so ``guides --help``
-and ``guides canny`` never pay for torch. Adding an annotator means adding one line to ``_ENTRIES``.
+Two sources, read without importing any annotator module:
+
+* the built-in annotators, one line each in ``BUILT_IN`` (``name: "package.module:ClassName"``);
+* third-party plugins: the entry points of group ``guides.annotators`` of the installed distributions
+  (``name = "package.module:ClassName"`` in their ``entry_points.txt``).
+
+A module is imported when its annotator is used (``AnnotatorSpec.annotator_class``), so ``guides --help``
+imports no plugin and no torch. A plugin whose name clashes with a built-in annotator (or with an earlier
+plugin) gets one warning line naming its package and is left out; one that fails to import, or whose class
+breaks the contract (``guides.annotators.base``), is a ``PluginError`` naming its package when it is used,
+and a warning line (then skipped) where all annotators are listed (``loadable_classes``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from .annotators.base import Annotator, AnnotatorOptions
 from .errors import UsageError
+from .options import option_infos, options_from
+
+log = logging.getLogger(__name__)
+
+#: The entry-point group plugins register their annotators under.
+ENTRY_POINT_GROUP = "guides.annotators"
+
+#: The built-in annotators, in the order of ``guides --help``: one line each.
+BUILT_IN: Mapping[str, str] = MappingProxyType({
+    "canny": "guides.annotators.canny:CannyAnnotator",
+    "depth": "guides.annotators.depth:DepthAnnotator",
+    "lineart": "guides.annotators.lineart:LineartAnnotator",
+    "normals": "guides.annotators.normals:NormalsAnnotator",
+    "sam": "guides.annotators.sam:SamAnnotator",
+    "mask": "guides.annotators.mask:MaskAnnotator",
+})
+
+
+class PluginError(UsageError):
+    """A plugin annotator that cannot be used (import failure, broken contract): one line naming its package."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,44 +52,155 @@ class AnnotatorSpec:
     """What the registry knows about an annotator without importing it."""
 
     name: str
-    summary: str
     target: str
     """``"package.module:ClassName"`` of the ``Annotator`` subclass."""
+    package: str | None = None
+    """The distribution of a plugin (``None``: built in)."""
+    package_summary: str = ""
+    """The plugin distribution's one-line summary (its metadata), shown by ``guides --help`` without importing it."""
+
+    @property
+    def builtin(self) -> bool:
+        return self.package is None
+
+    @property
+    def origin(self) -> str:
+        """``built in`` or ``plugin from package NAME`` (for messages)."""
+        return "built in" if self.package is None else f"plugin from package {self.package}"
 
     def annotator_class(self) -> type[Annotator]:
-        module_name, _, class_name = self.target.partition(":")
-        module = importlib.import_module(module_name)
-        cls = getattr(module, class_name)
-        if not (isinstance(cls, type) and issubclass(cls, Annotator)):
-            raise TypeError(f"{self.target} is not an Annotator subclass")
-        return cls
+        """The annotator class, imported now and checked against the contract (``check_annotator_class``)."""
+        return _load_class(self.name, self.target, self.package)
+
+    @property
+    def summary(self) -> str:
+        """The class's one-line summary (imports the module)."""
+        return self.annotator_class().summary
+
+    def help_summary(self) -> str:
+        """The row of ``guides --help``: the summary of a built-in annotator; a plugin's from its package
+        metadata (no import)."""
+        if self.builtin:
+            return self.summary
+        text = self.package_summary or "third-party annotator"
+        return f"{text} [plugin: {self.package}]"
 
     def options(self, **values: Any) -> AnnotatorOptions:
-        """Build this annotator's options, refusing unknown names with a clear message."""
-        options_type = self.annotator_class().Options
-        known = {field.name for field in dataclasses.fields(options_type)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UsageError(
-                f"{self.name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return options_type(**values)
+        """Build this annotator's options, refusing unknown names and bad values with a clear message."""
+        return options_from(self.annotator_class().Options, values, self.name)
 
     def load(self, **values: Any) -> Annotator:
         """Build (and load the model of) this annotator, ready to be called on many images."""
         return self.annotator_class()(self.options(**values))
 
 
-_ENTRIES = (
-    AnnotatorSpec("canny", "Canny edges (OpenCV), white on black.", "guides.annotators.canny:CannyAnnotator"),
-    AnnotatorSpec("lineart", "Line art (lllyasviel's generator), dark lines on white.", "guides.annotators.lineart:LineartAnnotator"),
-    AnnotatorSpec("normals", "Surface normals (NormalBae), RGB = (n + 1) / 2.", "guides.annotators.normals:NormalsAnnotator"),
-    AnnotatorSpec("depth", "Depth (ZoeDepth ZoeD_N), near = white.", "guides.annotators.depth:DepthAnnotator"),
-    AnnotatorSpec("sam", "Segment Anything segments, one flat colour each.", "guides.annotators.sam:SamAnnotator"),
-    AnnotatorSpec("mask", "Binary subject mask (Segment Anything): white = repaint.", "guides.annotators.mask:MaskAnnotator"),
-)
+def _load_class(name: str, target: str, package: str | None) -> type[Annotator]:
+    loaded = _import_class(name, target, package)
+    if isinstance(loaded, PluginError):
+        raise loaded
+    return loaded
 
-REGISTRY: Mapping[str, AnnotatorSpec] = MappingProxyType({spec.name: spec for spec in _ENTRIES})
+
+@functools.lru_cache(maxsize=None)
+def _import_class(name: str, target: str, package: str | None) -> type[Annotator] | PluginError:
+    """The class, or the PluginError of a plugin that cannot be used (kept, so it is reported once)."""
+    try:
+        return _import_checked(name, target, package)
+    except PluginError as error:
+        return error
+
+
+def _import_checked(name: str, target: str, package: str | None) -> type[Annotator]:
+    module_name, _, class_name = target.partition(":")
+    if package is None:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        check_annotator_class(cls, name)
+        return cls
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except Exception as error:  # noqa: BLE001 - any failure of third-party code is that plugin's failure
+        raise PluginError(f"annotator {name!r} (plugin from package {package}) cannot be imported from {target}: "
+                          f"{type(error).__name__}: {_first_line(error)}") from None
+    try:
+        check_annotator_class(cls, name)
+    except TypeError as error:
+        raise PluginError(f"annotator {name!r} (plugin from package {package}): {error}") from None
+    return cls
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_annotator_class(cls: Any, name: str) -> None:
+    """A TypeError naming what ``cls`` lacks to be annotator ``name`` (see ``guides.annotators.base``)."""
+    if not (isinstance(cls, type) and issubclass(cls, Annotator)):
+        raise TypeError(f"{cls!r} is not a subclass of guides.Annotator")
+    declared = getattr(cls, "name", None)
+    if declared != name:
+        raise TypeError(f"{cls.__qualname__}.name is {declared!r}, registered as {name!r}")
+    summary = getattr(cls, "summary", None)
+    if not (isinstance(summary, str) and summary.strip() and "\n" not in summary.strip()):
+        raise TypeError(f"{cls.__qualname__}.summary must be one line of text")
+    options = getattr(cls, "Options", None)
+    if not (isinstance(options, type) and issubclass(options, AnnotatorOptions) and dataclasses.is_dataclass(options)):
+        raise TypeError(f"{cls.__qualname__}.Options must be a dataclass subclassing guides.AnnotatorOptions")
+    option_infos(options)  # every option expressible on the command line (TypeError otherwise)
+    if not cls.implements_annotate():
+        raise TypeError(f"{cls.__qualname__} implements neither annotate(image) nor prepare/predict/finish")
+
+
+@functools.lru_cache(maxsize=1)
+def load_registry() -> Mapping[str, AnnotatorSpec]:
+    """Every annotator: the built-ins, then the plugins found in the installed distributions' entry points.
+
+    Read once per process (the installed distributions do not change under a running command); a plugin
+    that clashes with a name already taken gets one warning line and is left out.
+    """
+    entries = {name: AnnotatorSpec(name, target) for name, target in BUILT_IN.items()}
+    for entry in _plugin_entries():
+        taken = entries.get(entry.name)
+        if taken is not None:
+            log.warning("annotator %r of package %s is skipped: the name is taken (%s)", entry.name, entry.package,
+                        taken.origin)
+            continue
+        entries[entry.name] = entry
+    return MappingProxyType(entries)
+
+
+def _plugin_entries() -> Iterator[AnnotatorSpec]:
+    from importlib.metadata import entry_points
+
+    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda point: point.name):
+        distribution = getattr(point, "dist", None)
+        package = distribution.metadata["Name"] if distribution is not None else "unknown package"
+        summary = (distribution.metadata.get("Summary") or "") if distribution is not None else ""
+        if ":" not in point.value:
+            log.warning("annotator %r of package %s is skipped: entry point %r is not \"module:ClassName\"",
+                        point.name, package, point.value)
+            continue
+        yield AnnotatorSpec(point.name, point.value, package=package, package_summary=summary.strip())
+
+
+class _Registry(Mapping[str, AnnotatorSpec]):
+    """``load_registry()`` as a read-only mapping, read when first used."""
+
+    def __getitem__(self, name: str) -> AnnotatorSpec:
+        return load_registry()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(load_registry())
+
+    def __len__(self) -> int:
+        return len(load_registry())
+
+    def __repr__(self) -> str:
+        return f"REGISTRY({list(self)})"
+
+
+#: Name -> ``AnnotatorSpec`` of every annotator (built-ins, then plugins), in help order.
+REGISTRY: Mapping[str, AnnotatorSpec] = _Registry()
 
 
 def available() -> list[str]:
@@ -72,3 +214,18 @@ def get(name: str) -> AnnotatorSpec:
         return REGISTRY[name]
     except KeyError:
         raise UsageError(f"unknown annotator {name!r}; available: {', '.join(REGISTRY)}") from None
+
+
+def loadable_classes(registry: Mapping[str, AnnotatorSpec] = REGISTRY) -> Iterator[type[Annotator]]:
+    """The classes of every annotator in ``registry``; a plugin that cannot be used gets one warning line
+    naming its package and is skipped (where all annotators are listed: ``guides models``, the docs)."""
+    for spec in registry.values():
+        try:
+            yield spec.annotator_class()
+        except PluginError as error:
+            _warn_once(f"{error}; skipped")
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    log.warning("%s", message)

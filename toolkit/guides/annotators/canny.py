@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import click
 import cv2
 import numpy as np
 
 from ..imaging import DEFAULT_MAX_PIXELS, resize_image
+from ..options import option
+from ..weights.declarations import MB, ControlNet
 from .base import Annotator, AnnotatorOptions
 from .learned import check_working_pixels
 
@@ -29,25 +30,32 @@ DEFAULT_MAX_WORKING_PIXELS = DEFAULT_MAX_PIXELS
 
 @dataclasses.dataclass(frozen=True)
 class CannyOptions(AnnotatorOptions):
-    low: int = 100
-    """Lower hysteresis threshold."""
-    high: int = 200
-    """Upper hysteresis threshold."""
-    max_working_pixels: int | None = None
+    low: int = option(100, "Lower hysteresis threshold.", min=0, max=10_000)
+    high: int = option(200, "Upper hysteresis threshold.", min=0, max=10_000)
+    max_working_pixels: int | None = option(
+        None, "Refuse images whose working size (after --resolution) has more pixels.", min=1,
+        default_text=f"{DEFAULT_MAX_WORKING_PIXELS:,}",
+    )
     """Refuse an image whose working size has more pixels (None: ``DEFAULT_MAX_WORKING_PIXELS``)."""
 
 
 class CannyAnnotator(Annotator):
     """``cv2.Canny`` on the BGR image (optionally resized first as ControlNet does)."""
 
+    name = "canny"
+    summary = "Canny edges (OpenCV), white on black."
     Options = CannyOptions
     options: CannyOptions
-    cli_options = (
-        click.option("--low", type=click.IntRange(0, 10_000), default=100, show_default=True, help="Lower hysteresis threshold."),
-        click.option("--high", type=click.IntRange(0, 10_000), default=200, show_default=True, help="Upper hysteresis threshold."),
-        click.option("--max-working-pixels", type=click.IntRange(1), default=None,
-                     help="Refuse images whose working size (after --resolution) has more pixels "
-                          f"[default: {DEFAULT_MAX_WORKING_PIXELS:,}]."),
+    controlnets = (
+        ControlNet(
+            repo="lllyasviel/control_v11p_sd15_canny",
+            # stated: https://huggingface.co/lllyasviel/control_v11p_sd15_canny/resolve/115a470d547982438f70198e353a921996e2e819/diffusion_pytorch_model.fp16.safetensors
+            # (imaginAIry's ControlNet configs and download scripts), and cache snapshots of that commit loaded
+            # with ControlNetModel.from_pretrained
+            revision="115a470d547982438f70198e353a921996e2e819",
+            licence="OpenRAIL (ControlNet v1.1)",
+            approx_size=1_450 * MB,
+        ),
     )
 
     def annotate(self, image: np.ndarray) -> np.ndarray:

@@ -1,26 +1,32 @@
 """What the annotators that run one network per batch (lineart, normals, depth) share.
 
-ControlNet's working size, padding to the sides a network accepts, batching images by working size,
-option and precision checks, and the ``annotate``/``annotate_batch``/``close`` plumbing. A subclass
-says how to load its network (``load``/``prepare``), how to run it on a batch of working images of one
-size (``predict``) and how to turn one prediction into the guide (``finish``).
+ControlNet's working size, padding to the sides a network accepts, precision checks, and the engine
+contract of ``guides.annotators.base`` (``prepare``/``predict``/``finish``): ``prepare`` makes the working
+image (``WorkingImage``: resized, size-checked), ``predict`` stacks a batch of equal working sizes and runs
+``forward``, ``finish`` calls ``render``. A subclass says how to load its network (``load``), how to put it
+on the device (``to_device``), how to run it on a batch of working images of one size (``forward``) and
+how to turn one prediction into the guide (``render``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from abc import abstractmethod
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import DeviceError, InputError, UsageError
+from ..errors import DeviceError, InputError
 from ..imaging import resize_image
 from .base import Annotator, ModelOptions
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 
 def working_size(height: int, width: int, resolution: int) -> tuple[int, int]:
@@ -47,14 +53,6 @@ def check_rgb_batch(images: np.ndarray, name: str) -> None:
     """Refuse anything but a (B, H, W, 3) uint8 batch (the one-line error the batch engine reports)."""
     if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
         raise InputError(None, f"{name} needs RGB uint8 images, got {images.dtype} of shape {images.shape[1:]}")
-
-
-def check_model_options(name: str, options: ModelOptions) -> None:
-    """Refuse option values no model run can use, with the one-line message users see."""
-    if options.resolution < 0:
-        raise UsageError(f"{name}: resolution must be 0 or more, got {options.resolution}")
-    if options.batch_size < 1:
-        raise UsageError(f"{name}: batch size must be 1 or more, got {options.batch_size}")
 
 
 def refuse_cpu_fp16(name: str, device: torch.device, dtype: torch.dtype) -> None:
@@ -93,12 +91,19 @@ def working_image(name: str, image: np.ndarray, options: ModelOptions, default_l
     return resize_image(image, options.resolution)
 
 
-def group_by_working_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
-    """Indices of images in chunks of at most ``batch_size`` that share a working size (input order kept)."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, size in enumerate(sizes):
-        groups.setdefault(size, []).append(index)
-    return [indices[start : start + batch_size] for indices in groups.values() for start in range(0, len(indices), batch_size)]
+@dataclasses.dataclass(frozen=True)
+class WorkingImage:
+    """A prepared item of a learned annotator: the working image (``pixels``, RGB uint8 at the working size)
+    and the size of the input it came from."""
+
+    pixels: np.ndarray
+    input_size: tuple[int, int]
+    """(height, width) of the input image."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The working image's shape: items of equal shape share a ``predict`` batch."""
+        return self.pixels.shape
 
 
 class LearnedAnnotator(Annotator):
@@ -113,31 +118,22 @@ class LearnedAnnotator(Annotator):
     default_max_working_pixels: ClassVar[int]
     options: ModelOptions
 
-    def __init__(self, options: ModelOptions, model: Any = None) -> None:
-        """Load the network through the weights contract (``load``), or use ``model`` (tests), and
-        ``prepare`` it for ``options.device`` and ``options.precision``."""
+    def __init__(self, options: ModelOptions | None = None, model: Any = None) -> None:
+        """Load the network through the weights contract (``load``), or use ``model`` (tests), and put it
+        on ``options.device`` at ``options.precision`` (``to_device``)."""
         super().__init__(options)
-        check_model_options(self.name, options)
-        self.check_options()
+        options = self.options
         self._checkpoints: dict[str, Path] = {}
-        name = self.checkpoint_name() if model is None else None
-        if name is not None:  # before torch is imported: a missing checkpoint fails at once
-            self.checkpoint_file(name)
+        if model is None:  # before torch is imported: a missing checkpoint fails at once
+            for name in type(self).checkpoint_names(options):
+                self.checkpoint_file(name)
         from ..devices import resolve_device, resolve_dtype
 
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.precision, self.device)
         if self.refuses_cpu_fp16:
             refuse_cpu_fp16(self.name, self.device, self.dtype)
-        self.model = self.prepare(self.load() if model is None else model)
-
-    def check_options(self) -> None:
-        """Refuse the subclass's own bad option values (UsageError), before any loading."""
-
-    def checkpoint_name(self) -> str | None:
-        """The catalog checkpoint these options load (``guides.weights.catalog``), resolved when the
-        annotator is built, before torch is imported; None: ``load`` finds its own."""
-        return None
+        self.model = self.to_device(self.load() if model is None else model)
 
     def checkpoint_file(self, name: str) -> Path:
         """The file of catalog checkpoint ``name`` for these options, recorded in ``loaded_files``.
@@ -156,36 +152,49 @@ class LearnedAnnotator(Annotator):
         self.loaded_files = (path,)
         return path
 
-    @abstractmethod
-    def load(self) -> Any:
-        """The network, loaded strictly from its checkpoint (CPU, fp32)."""
+    def load_checkpoint(self, build: Any) -> Any:
+        """The network ``build()`` makes, loaded strictly from this annotator's (one) selected checkpoint
+        with that checkpoint's declared container and key filters (CPU, fp32)."""
+        from ..weights.load import load_checkpoint_into
+
+        (name,) = type(self).checkpoint_names(self.options)
+        declared = {checkpoint.name: checkpoint for checkpoint in type(self).checkpoints}[name]
+        path = self.checkpoint_file(name)
+        log.info("%s: loading %s", self.name, path)
+        return load_checkpoint_into(build, path, container=declared.container, key_filters=declared.key_filters)
 
     @abstractmethod
-    def prepare(self, model: Any) -> Any:
+    def load(self) -> Any:
+        """The network, loaded strictly from its checkpoint (CPU, fp32): usually ``load_checkpoint(build)``."""
+
+    @abstractmethod
+    def to_device(self, model: Any) -> Any:
         """``model`` ready for inference on ``self.device`` at ``self.dtype``."""
 
     @abstractmethod
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def forward(self, images: np.ndarray) -> np.ndarray:
         """The network's predictions for RGB uint8 working images (B, H, W, 3) of one size."""
 
     @abstractmethod
-    def finish(self, prediction: np.ndarray, image: np.ndarray) -> np.ndarray:
-        """The guide of ``image`` (the input, before resizing) from its ``prediction``."""
+    def render(self, prediction: np.ndarray, item: WorkingImage) -> np.ndarray:
+        """The guide of ``item``'s input (``item.input_size``) from its ``prediction``."""
+
+    # the engine contract (guides.annotators.base)
+
+    def prepare(self, image: np.ndarray) -> WorkingImage:
+        """The working image (``options.resolution``), refused when its size is over the limit."""
+        pixels = working_image(self.name, image, self.options, self.default_max_working_pixels)
+        return WorkingImage(pixels, (int(image.shape[0]), int(image.shape[1])))
+
+    def predict(self, items: list[WorkingImage]) -> list[np.ndarray]:
+        """``forward`` on the stacked working images (equal sizes: the engine batches by ``item_key``)."""
+        return list(self.forward(np.stack([item.pixels for item in items])))
+
+    def finish(self, item: WorkingImage, output: np.ndarray) -> np.ndarray:
+        return self.render(output, item)
 
     def batch_key(self, image: np.ndarray) -> Hashable:
         return working_size(image.shape[0], image.shape[1], self.options.resolution)
-
-    def annotate(self, image: np.ndarray) -> np.ndarray:
-        return self.annotate_batch([image])[0]
-
-    def annotate_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        working = [working_image(self.name, image, self.options, self.default_max_working_pixels) for image in images]
-        results: list[np.ndarray] = [np.empty(0, np.uint8)] * len(images)
-        for chunk in group_by_working_size([w.shape[:2] for w in working], self.batch_size):
-            predictions = self.predict(np.stack([working[i] for i in chunk]))
-            for i, prediction in zip(chunk, predictions):
-                results[i] = self.finish(prediction, images[i])
-        return results
 
     def check_finite(self, values: torch.Tensor | np.ndarray) -> None:
         """A DeviceError naming the precision when the network overflowed (fp16/bf16) or broke."""

@@ -11,11 +11,12 @@ from typing import Any
 
 import click
 
-from ..annotators.base import Annotator, ModelOptions
+from ..annotators.base import Annotator
 from ..batch import Job, Summary, output_path, plan_jobs, run_jobs, stages_to_run
 from ..errors import UsageError
 from ..imaging import DEFAULT_MAX_PIXELS, load_image, load_mask, write_png_atomic
 from ..registry import REGISTRY, AnnotatorSpec, get
+from .options import apply, click_options
 
 
 def naming_help(name: str) -> str:
@@ -50,24 +51,10 @@ def batch_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
-def model_options(defaults: ModelOptions) -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
-    """``--device/--precision/--batch-size/--models-dir/--checkpoint/--download`` for learned annotators."""
-    return [
-        click.option("--device", default=defaults.device, show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
-        click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=defaults.precision, show_default=True),
-        click.option("--batch-size", type=click.IntRange(1, 1024), default=defaults.batch_size, show_default=True, help="Images of the same working size per forward pass."),
-        click.option("--models-dir", type=click.Path(file_okay=False, path_type=str), envvar="GUIDES_MODELS_DIR", default=None, help="Flat folder of checkpoints under their hub file names [env: GUIDES_MODELS_DIR]."),
-        click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=str), default=None, help="Use this checkpoint file."),
-        click.option("--download", is_flag=True, default=False, help=DOWNLOAD_HELP),
-        click.option("--max-working-pixels", type=click.IntRange(1), default=None,
-                     help="Refuse images whose working size (after --resolution) has more pixels [default: the annotator's limit]."),
-    ]
-
-
 def annotator_command(spec: AnnotatorSpec) -> click.Command:
-    """Build ``guides <name> INPUT...`` from the annotator's options and ``cli_options``."""
+    """Build ``guides <name> INPUT...``: the batch options, then one option per field of the annotator's
+    ``Options`` (``guides.cli.options``)."""
     cls = spec.annotator_class()
-    defaults = cls.Options()
 
     def callback(inputs: tuple[str, ...], output: str | None, overwrite: bool, jobs: int | None,
                  max_pixels: int, quiet: bool, as_json: bool, **values: Any) -> None:
@@ -76,17 +63,7 @@ def annotator_command(spec: AnnotatorSpec) -> click.Command:
         summary = _run(planned, failures, {spec.name: lambda: cls(options)}, jobs, overwrite, max_pixels, quiet)
         _report(summary, as_json)
 
-    command: Callable[..., Any] = callback
-    for decorator in reversed(list(cls.cli_options)):
-        command = decorator(command)
-    if isinstance(defaults, ModelOptions):
-        for decorator in reversed(model_options(defaults)):
-            command = decorator(command)
-    command = click.option(
-        "--resolution", type=click.IntRange(0), default=defaults.resolution, show_default=True,
-        help="Resize first: short side to N, sides to multiples of 64 (0 keeps the size).",
-    )(command)
-    command = batch_options(command)
+    command = batch_options(apply(callback, click_options(cls.Options)))
     return click.command(spec.name, help=f"{spec.summary}\n\n{naming_help(spec.name)}", short_help=spec.summary)(command)
 
 

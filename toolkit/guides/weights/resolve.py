@@ -26,11 +26,11 @@ from typing import Literal
 
 from guides.errors import WeightsError
 from guides.imaging import first_line
+from guides.weights.declarations import MODELS_DIR_ENV
 from guides.weights.catalog import Checkpoint, DiffusersRepo, get_checkpoint, get_diffusers_repo, is_commit
 
 log = logging.getLogger(__name__)
 
-MODELS_DIR_ENV = "GUIDES_MODELS_DIR"
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _HASH_CHUNK = 8 * 1024 * 1024
 PROBE_TIMEOUT_S = 10.0
