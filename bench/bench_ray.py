@@ -41,8 +41,8 @@ from bench_canny import make_photo  # noqa: E402
 WARM = r"""
 import json, logging, sys, time
 import numpy as np
-from guides.batch import plan_jobs, run_jobs
-from guides.dataset.ray_engine import run_jobs_ray, ray_runtime
+from guides.engines import plan_jobs, run_jobs
+from guides.engines.ray import run_jobs_ray, ray_runtime
 
 src, out, stage_name, models_dir = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 

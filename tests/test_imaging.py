@@ -363,7 +363,7 @@ def test_png_chunk_check_allows_trailing_data_and_refuses_bad_ancillary_crcs(mak
 
 
 def test_formats_read_are_the_same_named_and_in_folders(tmp_path: Path, make_photo) -> None:
-    from guides.batch import walk_images
+    from guides.engines import walk_images
 
     rgb = make_photo(11, 24, 32)
     saves = {"PNG": {}, "JPEG": {"quality": 95}, "WEBP": {"lossless": True}, "BMP": {}, "TIFF": {}, "GIF": {}}

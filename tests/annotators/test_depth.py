@@ -26,7 +26,6 @@ from guides.annotators.depth import (
     colormap_levels,
     grayscale,
     metric16,
-    prepare_network,
 )
 from guides.errors import DeviceError, InputError, UsageError
 from guides.nets.zoedepth import TINY_CONFIG, ZoeDepth
@@ -210,7 +209,7 @@ def _annotator(model: ZoeDepth, **options) -> DepthAnnotator:
 
 def test_formats(tiny: ZoeDepth, make_photo, original_colorize) -> None:
     image = make_photo(1, 40, 56)
-    depth = _annotator(tiny).predict(image[None])[0]
+    depth = _annotator(tiny).forward(image[None])[0]
     assert depth.shape == (40, 56) and depth.dtype == np.float32 and np.ptp(depth) > 0
     rgba = _annotator(tiny).annotate(image)
     gray = _annotator(tiny, format="gray").annotate(image)
@@ -223,11 +222,11 @@ def test_formats(tiny: ZoeDepth, make_photo, original_colorize) -> None:
 
 def test_flip_and_pad_change_the_prediction(tiny: ZoeDepth, make_photo) -> None:
     image = make_photo(2, 32, 48)
-    base = _annotator(tiny).predict(image[None])
+    base = _annotator(tiny).forward(image[None])
     for options in ({"flip": False}, {"pad": False}):
-        other = _annotator(tiny, **options).predict(image[None])
+        other = _annotator(tiny, **options).forward(image[None])
         assert other.shape == base.shape and not np.allclose(other, base, rtol=1e-6), options
-    mirrored = _annotator(tiny).predict(image[None, :, ::-1].copy())
+    mirrored = _annotator(tiny).forward(image[None, :, ::-1].copy())
     assert np.allclose(mirrored[:, :, ::-1], base, rtol=1e-5), "flip averaging makes the prediction mirror-symmetric"
 
 
@@ -269,24 +268,24 @@ def test_half_precision_backbone_keeps_a_float32_head(precision: str, make_photo
     torch.manual_seed(5)
     model = ZoeDepth(TINY_CONFIG).eval()
     image = make_photo(9, 32, 40)
-    reference = _annotator(model).predict(image[None])
-    depth = _annotator(model, precision=precision).predict(image[None])
+    reference = _annotator(model).forward(image[None])
+    depth = _annotator(model, precision=precision).forward(image[None])
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     assert model.core.core.scratch.layer1_rn.weight.dtype == dtype
     assert model.conv2.weight.dtype == torch.float32
     assert model.conditional_log_binomial.log_binomial_transform.k_idx.dtype == torch.int64
     relative = float(np.max(np.abs(depth - reference) / reference))
     assert depth.dtype == np.float32 and relative < 0.02, relative
-    prepare_network(model, torch.device("cpu"), torch.float32)
+    _annotator(model)  # back on the CPU at fp32
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fp16_close_to_cpu_fp32(tiny: ZoeDepth, make_photo) -> None:
     image = make_photo(10, 48, 64)
-    reference = _annotator(tiny).predict(image[None])
-    depth = DepthAnnotator(DepthOptions(device="cuda", precision="fp16"), model=tiny).predict(image[None])
+    reference = _annotator(tiny).forward(image[None])
+    depth = DepthAnnotator(DepthOptions(device="cuda", precision="fp16"), model=tiny).forward(image[None])
     assert float(np.max(np.abs(depth - reference) / reference)) < 0.02
-    prepare_network(tiny, torch.device("cpu"), torch.float32)
+    _annotator(tiny)  # back on the CPU at fp32
 
 
 def test_extreme_aspect_ratio_is_refused_before_the_network(tiny: ZoeDepth) -> None:

@@ -20,7 +20,7 @@ from PIL import Image
 import guides
 from guides.annotators.learned import pad_to_multiple, working_size
 from guides.annotators.lineart import LineartAnnotator, LineartOptions
-from guides.cli.testing import invoke
+from tests.cli_testing import invoke
 from guides.errors import DeviceError, InputError, UsageError, WeightsError
 from guides.imaging import resize_image
 from guides.registry import get
@@ -162,7 +162,7 @@ def test_resolution_zero_keeps_the_size_and_crops_the_padding(annotator: Lineart
     assert guide.shape == (45, 70)
     padded = pad_to_multiple(image[None], 4, 8)
     assert padded.shape[1:3] == (48, 72)
-    assert np.array_equal(guide, keep.predict(padded)[0, :45, :70])
+    assert np.array_equal(guide, keep.forward(padded)[0, :45, :70])
     for tiny in ((1, 1), (2, 3)):
         assert keep.annotate(make_photo(25, *tiny)).shape == tiny
 
@@ -185,7 +185,7 @@ def test_bad_options_are_refused(reference: Reference, options: dict, error: typ
 
 def test_bad_image_is_an_input_error(annotator: LineartAnnotator) -> None:
     with pytest.raises(InputError, match="RGB uint8"):
-        annotator.predict(np.zeros((1, 8, 8, 3), np.float32))
+        annotator.forward(np.zeros((1, 8, 8, 3), np.float32))
 
 
 def test_missing_checkpoint_is_a_weights_error(tmp_path: Path) -> None:

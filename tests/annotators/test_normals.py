@@ -24,7 +24,7 @@ from PIL import Image
 import guides
 from guides.annotators.learned import pad_to_multiple
 from guides.annotators.normals import NormalsAnnotator, NormalsOptions
-from guides.cli.testing import invoke
+from tests.cli_testing import invoke
 from guides.errors import DeviceError, InputError, UsageError, WeightsError
 from guides.imaging import resize_image
 from guides.registry import get
@@ -176,7 +176,7 @@ def test_resolution_zero_keeps_the_size_and_crops_the_padding(reference: Referen
     assert guide.shape == (245, 227, 3)
     padded = pad_to_multiple(image[None], 32)
     assert padded.shape[1:3] == (256, 256)
-    assert np.array_equal(guide, keep.predict(padded)[0, :245, :227])
+    assert np.array_equal(guide, keep.forward(padded)[0, :245, :227])
     assert keep.annotate(image[:1, :1].copy()).shape == (1, 1, 3)
 
 
@@ -297,7 +297,7 @@ def test_bad_options_are_refused(reference: Reference, options: dict, error: typ
 
 def test_bad_image_is_an_input_error(annotator: NormalsAnnotator) -> None:
     with pytest.raises(InputError, match="RGB uint8"):
-        annotator.predict(np.zeros((1, 32, 32), np.uint8))
+        annotator.forward(np.zeros((1, 32, 32), np.uint8))
 
 
 def test_missing_and_mismatched_checkpoints_are_weights_errors(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from guides.cli.testing import invoke
+from tests.cli_testing import invoke
 from PIL import Image
 
 from guides.cli.main import cli

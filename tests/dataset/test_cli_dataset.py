@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from guides.cli.testing import invoke
+from tests.cli_testing import invoke
 
 importlib.import_module("pyarrow")  # in the test extra: a missing one fails
 
@@ -44,6 +44,8 @@ def test_dataset_command_reports_failures_uncaptioned_photos_and_commands(photo_
         (("-a", "nope"), "unknown annotator 'nope'"),
         (("-a", "canny", "--set", "canny.lo=1"), "--set canny.lo: unknown option; known: high, low"),
         (("-a", "canny", "--set", "depth.x=1"), "'depth' is not one of the exported annotators (canny)"),
+        (("-a", "canny", "--set", "canny.low=-5"), "--set canny.low=-5: low must be between 0 and 10000, got -5"),
+        (("-a", "canny", "--set", "canny.high=x"), "--set canny.high=x: expected a int"),
         (("-a", "canny", "--captions", "caps.txt"), "use a .jsonl or .csv file"),
         (("-a", "canny", "--format", "zip"), "Invalid value for '--format'"),
     ],

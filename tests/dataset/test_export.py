@@ -239,6 +239,11 @@ def test_captions_files_and_their_errors(tmp_path: Path) -> None:
         registry_entries(["canny"], overrides=["low=5"])
     with pytest.raises(UsageError, match=r"--set canny.low=x: expected a int"):
         registry_entries(["canny"], overrides=["canny.low=x"])
+    # values are read as the option's declared type and checked by its declaration: the options' message
+    with pytest.raises(UsageError, match=r"^--set canny.low=-5: low must be between 0 and 10000, got -5$"):
+        registry_entries(["canny"], overrides=["canny.low=-5"])
+    [entry] = registry_entries(["canny"], overrides=["canny.max-working-pixels=none", "canny.high=150"])
+    assert (entry.options.max_working_pixels, entry.options.high, entry.options.resolution) == (None, 150, 0)
 
 
 def test_require_captions_leaves_uncaptioned_photos_out(photo_tree: Path, tmp_path: Path) -> None:
@@ -297,3 +302,30 @@ def test_resolution_guard_refuses_an_extreme_strip_as_one_failed_photo(tmp_path:
         "1x100000 image: working size 512x51200000 at --resolution 512 has 26,214,400,000 pixels, over the "
         "dataset limit of 268,435,456 (use a smaller --resolution or raise --max-pixels)")}
     assert report.summary.written == 1
+
+
+def test_the_card_says_what_each_annotator_declares() -> None:
+    """Summary, checkpoints (with the options' selection) and ControlNet on the card come from the declarations."""
+    from guides.dataset.card import annotator_lines, describe_model_files
+    from guides.registry import REGISTRY
+    from guides.weights.catalog import CHECKPOINTS
+
+    for name in REGISTRY:
+        [entry] = registry_entries([name])
+        cls = get(name).annotator_class()
+        lines = annotator_lines(entry)
+        assert lines[0] == f"- `{name}`: {cls.summary}"
+        text = "\n".join(lines)
+        selected = cls.checkpoint_names(entry.options)
+        for checkpoint in (CHECKPOINTS[n] for n in selected):
+            assert f"`{checkpoint.name}`: `{checkpoint.filename}` from {checkpoint.repo}" in text and checkpoint.licence in text
+        unselected = [c.name for c in cls.checkpoints if c.name not in selected]
+        assert not any(f"checkpoint `{n}`:" in text for n in unselected), (name, text)
+        assert ("checkpoints: none" in text) == (not selected), text
+        for controlnet in cls.controlnets:
+            assert controlnet.repo in text and controlnet.licence in text and f"scale {controlnet.scale:g}" in text
+        assert ("ControlNet: none declared" in text) == (not cls.controlnets), text
+        # Loaded elsewhere (Ray): the declared checkpoints its options select.
+        assert [item["file"] for item in describe_model_files(name, None, entry.options)] == [
+            CHECKPOINTS[n].filename for n in selected]
+    assert annotator_lines(AnnotatorEntry("invert", lambda: CANNY)) == ["- `invert`: not a registered annotator (no declarations)"]

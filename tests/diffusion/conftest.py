@@ -166,7 +166,9 @@ def build_tiny_models(root: Path) -> TinyModels:
     (base / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER_CONFIG, indent=2))
 
     controlnets = {}
-    for index, kind in enumerate(("canny", "depth", "lineart", "normals", "sam")):
+    from guides.diffusion.settings import reference_kinds
+
+    for index, kind in enumerate(reference_kinds()):
         torch.manual_seed(100 + index)
         net = ControlNetModel(**_tiny_unet_kwargs(), conditioning_embedding_out_channels=(4, 4, 4, 4))
         with torch.no_grad():
@@ -182,7 +184,7 @@ def build_tiny_models(root: Path) -> TinyModels:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
-    """Random tiny SD 1.5-shaped base model and five ControlNets, built once per session."""
+    """Random tiny SD 1.5-shaped base model and a ControlNet per reference kind, built once per session."""
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
@@ -216,7 +218,9 @@ def synthetic_refs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rgba = np.dstack([depth, depth, depth, np.full_like(depth, 255)])
     Image.fromarray(rgba, "RGBA").save(folder / "cutecat_guide_depth.png")
     rng = np.random.default_rng(3)
-    for kind in ("canny", "depth", "lineart", "normals", "sam", "stack"):
+    from guides.diffusion.settings import reproduce_kinds
+
+    for kind in reproduce_kinds():
         noise = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
         Image.fromarray(cv2.GaussianBlur(noise, (0, 0), 4)).save(folder / f"expected_controlnet_{kind}.png")
     return folder

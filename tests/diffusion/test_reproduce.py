@@ -29,6 +29,8 @@ CONTEXT_SETTINGS = {
     "scheduler_class": "DPMSolverMultistepScheduler",
     "precision": "fp32",
 }
+#: The ControlNets of the reference suite, as CONTEXT.md states them (written out, not imported): the
+#: built-in annotators must declare exactly these (``test_declarations_are_the_reference_suites``).
 CONTEXT_CONTROLNETS = {
     "canny": "lllyasviel/control_v11p_sd15_canny",
     "depth": "lllyasviel/control_v11f1p_sd15_depth",
@@ -36,6 +38,48 @@ CONTEXT_CONTROLNETS = {
     "normals": "lllyasviel/control_v11p_sd15_normalbae",
     "sam": "mfidabel/controlnet-segment-anything",
 }
+CONTEXT_SCALE = 0.5
+
+
+def declared_controlnets() -> dict[str, str]:
+    """Reference kind -> the hub id of the ControlNet its annotator declares first."""
+    from guides.diffusion.settings import CONTROLNET_MODELS, reference_kinds
+
+    return {kind: CONTROLNET_MODELS[kind] for kind in reference_kinds()}
+
+
+def test_declarations_are_the_reference_suites() -> None:
+    """The reference kinds (built-in annotators declaring a ControlNet) are CONTEXT.md's, in its order, each
+    with CONTEXT's ControlNet at scale 0.5; the stack is depth 0.3 + canny 0.7."""
+    from guides.diffusion.settings import REFERENCE_CONTROLS, controlnet_scale, reproduce_kinds
+
+    assert declared_controlnets() == CONTEXT_CONTROLNETS
+    assert list(declared_controlnets()) == list(CONTEXT_CONTROLNETS)
+    assert reproduce_kinds() == (*CONTEXT_CONTROLNETS, "stack")
+    for kind in CONTEXT_CONTROLNETS:
+        assert controlnet_scale(kind) == CONTEXT_SCALE and REFERENCE_CONTROLS[kind] == ((kind, CONTEXT_SCALE),)
+    assert REFERENCE_CONTROLS["stack"] == (("depth", 0.3), ("canny", 0.7))
+
+
+def test_every_reference_kind_has_a_reference_guide_and_an_expected_image(refs: Path) -> None:
+    """On the real reference folder (GUIDES_REFS): a built-in annotator that declares a ControlNet is reproduced,
+    so the folder must hold its stored guide and expected generation (and the stack's)."""
+    from guides.diffusion.settings import expected_file, reference_guide_file, reference_kinds, reproduce_kinds
+
+    missing = [name for name in [*map(reference_guide_file, reference_kinds()), *map(expected_file, reproduce_kinds())]
+               if not (refs / name).is_file()]
+    assert missing == [], missing
+
+
+def test_guide_checkpoints_are_what_each_annotator_selects_by_default() -> None:
+    from guides.diffusion.settings import GUIDE_CHECKPOINTS, control_kinds
+    from guides.registry import get
+    from guides.weights.catalog import CHECKPOINTS
+
+    assert list(GUIDE_CHECKPOINTS) == list(control_kinds())
+    for kind, names in GUIDE_CHECKPOINTS.items():
+        cls = get(kind).annotator_class()
+        assert names == cls.checkpoint_names(cls.Options()) and all(name in CHECKPOINTS for name in names), kind
 
 
 def _report(out: Path) -> dict:
@@ -148,7 +192,7 @@ def test_dry_run_plan_matches_context_field_by_field(synthetic_refs: Path, offli
     plan = json.loads(result.stdout)
     assert plan["ready"] is False and plan["download"] is False and plan["blocking"] == plan["missing"]
     assert plan["settings"] == CONTEXT_SETTINGS
-    assert plan["kinds"] == ["canny", "depth", "lineart", "normals", "sam", "stack"]
+    assert plan["kinds"] == [*CONTEXT_CONTROLNETS, "stack"]
     assert plan["thresholds"] == {"psnr": 35.0, "ssim": 0.98}
     assert plan["precision"] == "fp32" and plan["device"] == "auto" and plan["guides"] == "reference"
     assert plan["latents"] == {"source": "seed", "seed": 2, "drawn_on": "the generating device"}
@@ -156,7 +200,7 @@ def test_dry_run_plan_matches_context_field_by_field(synthetic_refs: Path, offli
     assert {kind: m["id"] for kind, m in plan["models"]["controlnets"].items()} == CONTEXT_CONTROLNETS
     runs = {run["kind"]: run for run in plan["runs"]}
     for kind in CONTEXT_CONTROLNETS:
-        assert runs[kind]["controls"] == [{"kind": kind, "scale": 0.5, "controlnet": CONTEXT_CONTROLNETS[kind]}]
+        assert runs[kind]["controls"] == [{"kind": kind, "scale": CONTEXT_SCALE, "controlnet": CONTEXT_CONTROLNETS[kind]}]
         assert runs[kind]["expected"] == str(synthetic_refs / f"expected_controlnet_{kind}.png")
         assert plan["guide_sources"][kind] == {"source": "file", "path": str(synthetic_refs / f"cutecat_guide_{kind}.png")}
     assert runs["stack"]["controls"] == [
@@ -273,3 +317,49 @@ def test_cuda_reproduction_draws_on_cuda(tiny_models, synthetic_refs: Path, guid
     report = _report(out)
     assert report["latents"]["drawn_on"].startswith("cuda") and report["device"]["type"] == "cuda"
     assert not any("cannot match" in note for note in report["notes"])
+
+
+# --------------------------------------------------------------------------- a plugin with a ControlNet
+
+from guides.annotators.base import Annotator, AnnotatorOptions  # noqa: E402
+from guides.weights.declarations import MB, ControlNet  # noqa: E402
+
+
+class PluginEdges(Annotator):
+    """A third-party annotator whose guide is meant for a ControlNet (as a plugin package would declare it)."""
+
+    name = "plugin-edges"
+    summary = "Edges from a plugin."
+    Options = AnnotatorOptions
+    controlnets = (ControlNet(repo="someone/controlnet-edges", licence="MIT", approx_size=1_450 * MB, scale=0.8),)
+
+    def annotate(self, image):  # type: ignore[no-untyped-def]
+        return image[:, :, 0]
+
+
+@pytest.fixture
+def plugin(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    from guides import registry
+
+    spec = registry.AnnotatorSpec("plugin-edges", f"{__name__}:PluginEdges", package="edges-plugin")
+    monkeypatch.setattr(registry, "_plugin_entries", lambda: iter([spec]))
+    registry.load_registry.cache_clear()
+    yield
+    registry.load_registry.cache_clear()
+
+
+def test_a_plugins_controlnet_is_a_guide_kind_for_generate_but_not_reproduced(
+        plugin, synthetic_refs: Path, offline_hub: Path, guides_cli, tmp_path: Path) -> None:
+    from guides.diffusion.settings import CONTROLNET_MODELS, control_kinds, controlnet_scale, reproduce_kinds
+
+    assert control_kinds() == (*CONTEXT_CONTROLNETS, "plugin-edges")
+    assert CONTROLNET_MODELS["plugin-edges"] == "someone/controlnet-edges" and controlnet_scale("plugin-edges") == 0.8
+    assert reproduce_kinds() == (*CONTEXT_CONTROLNETS, "stack")
+    # generate accepts the plugin's kind (and fails later, on the missing models, exit 2 naming its ControlNet)
+    guide = tmp_path / "edges.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(guide)
+    result = guides_cli("generate", guide, "--control", "plugin-edges", "-o", tmp_path / "x.png", "--device", "cpu", "-q")
+    assert result.exit_code == 2 and "someone/controlnet-edges" in result.stderr, result.output
+    assert "Invalid value for '--control'" not in result.output
+    refused = guides_cli("reproduce", "--refs", synthetic_refs, "--out", tmp_path / "o", "--only", "plugin-edges")
+    assert refused.exit_code == 2 and "unknown kind(s) plugin-edges" in refused.stderr, refused.output

@@ -13,6 +13,7 @@ It listens on 127.0.0.1 only, serves only the files a test registers, and stops 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import re
@@ -153,3 +154,28 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     return home
+
+
+def replace_declared_checkpoint(monkeypatch: pytest.MonkeyPatch, name: str, **changes):  # type: ignore[no-untyped-def]
+    """Change the facts of checkpoint ``name`` for one test (sizes and digests of test files differ from the
+    real ones): the catalog is derived from the annotators' declarations, so the declaration is replaced in
+    every registered annotator class that declares it; returns the catalog entry as it now reads."""
+    from guides.registry import REGISTRY, loadable_classes
+    from guides.weights import catalog
+
+    catalog.get_checkpoint(name)  # an unknown name fails here, listing the known ones
+    for cls in loadable_classes(REGISTRY):
+        if any(checkpoint.name == name for checkpoint in cls.checkpoints):
+            replaced = tuple(dataclasses.replace(c, **changes) if c.name == name else c for c in cls.checkpoints)
+            monkeypatch.setattr(cls, "checkpoints", replaced)
+    return catalog.get_checkpoint(name)
+
+
+@pytest.fixture
+def use_entry(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """``use_entry(name, **changes)``: ``replace_declared_checkpoint`` for this test."""
+
+    def use(name: str, **changes):  # type: ignore[no-untyped-def]
+        return replace_declared_checkpoint(monkeypatch, name, **changes)
+
+    return use

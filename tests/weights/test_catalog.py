@@ -1,48 +1,128 @@
-"""guides.weights.catalog: the names, files and facts the rest of guides relies on."""
+"""guides.weights.catalog: derived from the annotators' declarations, and the recorded facts of the public
+files those declarations name (the facts are checked here against what is known of each file, keyed by the
+file, not by the annotator that loads it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 
 from guides.errors import WeightsError
-from guides.weights.catalog import CHECKPOINTS, DIFFUSERS_REPOS, get_checkpoint, get_diffusers_repo
+from guides.registry import REGISTRY, loadable_classes
+from guides.weights.catalog import (
+    ANNOTATORS_COMMIT,
+    BASE_MODELS,
+    CHECKPOINTS,
+    DIFFUSERS_REPOS,
+    SAM_COMMIT,
+    get_checkpoint,
+    get_diffusers_repo,
+)
+from guides.weights.load import KEY_FILTERS
 
-EXPECTED = {
-    "lineart": ("lllyasviel/Annotators", "sk_model.pth", "state_dict"),
-    "lineart-coarse": ("lllyasviel/Annotators", "sk_model2.pth", "state_dict"),
-    "normals": ("lllyasviel/Annotators", "scannet.pt", "model_dict"),
-    "depth": ("lllyasviel/Annotators", "ZoeD_M12_N.pt", "model_dict"),
-    "sam-vit-h": ("ybelkada/segment-anything", "checkpoints/sam_vit_h_4b8939.pth", "state_dict"),
-    "sam-vit-l": ("ybelkada/segment-anything", "checkpoints/sam_vit_l_0b3195.pth", "state_dict"),
-    "sam-vit-b": ("ybelkada/segment-anything", "checkpoints/sam_vit_b_01ec64.pth", "state_dict"),
+ANNOTATORS = "lllyasviel/Annotators"
+SAM = "ybelkada/segment-anything"
+
+#: What is known of each public checkpoint file: (hub repo, file) -> the facts its declaration must record.
+#: Sizes and digests from public download manifests and Meta's release files; the commits stated in
+#: public sources (cited next to the declarations).
+KNOWN_FILES = {
+    (ANNOTATORS, "sk_model.pth"): dict(container="state_dict", size=17_173_511, revision=ANNOTATORS_COMMIT),
+    (ANNOTATORS, "sk_model2.pth"): dict(container="state_dict", size=17_173_511, revision=ANNOTATORS_COMMIT),
+    (ANNOTATORS, "scannet.pt"): dict(container="model_dict", size=None, revision=ANNOTATORS_COMMIT,
+                                     key_filters=("strip_module_prefix",)),
+    (ANNOTATORS, "ZoeD_M12_N.pt"): dict(container="model_dict", size=1_443_406_099, revision="main",
+                                        key_filters=("drop_computed_buffers",)),
+    (SAM, "checkpoints/sam_vit_h_4b8939.pth"): dict(
+        container="state_dict", size=2_564_550_879, revision=SAM_COMMIT, md5_prefix="4b8939",
+        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+    (SAM, "checkpoints/sam_vit_l_0b3195.pth"): dict(
+        container="state_dict", size=1_249_524_607, revision="main", md5_prefix="0b3195",
+        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+    (SAM, "checkpoints/sam_vit_b_01ec64.pth"): dict(
+        container="state_dict", size=375_042_383, revision=SAM_COMMIT, md5_prefix="01ec64",
+        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
+}
+
+#: The hub commits of the diffusers repositories, as stated in public sources ("main": none known).
+KNOWN_REPOSITORIES = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "451f4fe16113bff5a5d2269ed5ad43b0592e9a14",
+    "lllyasviel/control_v11p_sd15_canny": "115a470d547982438f70198e353a921996e2e819",
+    "lllyasviel/control_v11f1p_sd15_depth": "539f99181d33db39cf1af2e517cd8056785f0a87",
+    "lllyasviel/control_v11p_sd15_lineart": "8a158f547e031c5b8fbca19ead09a74767ff4db0",
+    "lllyasviel/control_v11p_sd15_normalbae": "cb7296e6587a219068e9d65864e38729cd862aa8",
+    "mfidabel/controlnet-segment-anything": "main",
 }
 
 
-def test_checkpoint_names_files_and_containers():
-    found = {name: (c.repo, c.filename, c.container) for name, c in CHECKPOINTS.items()}
-    assert found == EXPECTED
+def builtin_classes() -> list[type]:
+    return list(loadable_classes({name: spec for name, spec in REGISTRY.items() if spec.builtin}))
+
+
+def test_the_catalog_is_the_declarations_of_the_registered_annotators():
+    declared: dict[str, object] = {}
+    for cls in loadable_classes(REGISTRY):
+        for checkpoint in cls.checkpoints:
+            declared.setdefault(checkpoint.name, dataclasses.replace(checkpoint, used_by=checkpoint.used_by or cls.name))
+    assert dict(CHECKPOINTS) == declared
+    repositories = {repo.name: repo for repo in BASE_MODELS}
+    for cls in loadable_classes(REGISTRY):
+        for controlnet in cls.controlnets:
+            repositories[controlnet.name or f"controlnet-{cls.name}"] = controlnet.repository(cls.name)
+    assert dict(DIFFUSERS_REPOS) == repositories
+
+
+def test_checkpoint_names_are_unique_and_every_annotators_selection_is_declared():
+    """One name is one file (and one file one name); what ``checkpoint_names(Options())`` picks is declared,
+    and every declared file is picked by the option values of its ``when``."""
+    by_name: dict[str, tuple[str, str]] = {}
+    for cls in loadable_classes(REGISTRY):
+        names = [checkpoint.name for checkpoint in cls.checkpoints]
+        assert len(names) == len(set(names)), (cls.name, names)
+        for checkpoint in cls.checkpoints:
+            place = (checkpoint.repo, checkpoint.filename)
+            assert by_name.setdefault(checkpoint.name, place) == place, (cls.name, checkpoint.name)
+            fields = {field.name for field in dataclasses.fields(cls.Options)}
+            assert {option for option, _ in checkpoint.when} <= fields, (cls.name, checkpoint.name, checkpoint.when)
+            assert checkpoint.name in cls.checkpoint_names(cls.Options(**dict(checkpoint.when))), (cls.name, checkpoint)
+        selected = cls.checkpoint_names(cls.Options())
+        assert all(name in CHECKPOINTS for name in selected), (cls.name, selected)
+        if cls.checkpoints:
+            assert selected, f"{cls.name}: its default options select none of its checkpoints"
+    assert len(set(by_name.values())) == len(by_name), by_name
+
+
+def test_the_known_files_are_declared_with_their_recorded_facts():
+    declared = {(c.repo, c.filename): c for c in CHECKPOINTS.values()}
+    for place, facts in KNOWN_FILES.items():
+        entry = declared.get(place)
+        assert entry is not None, f"no annotator declares {place}"
+        expected = {"sha256": None, "md5_prefix": None, "key_filters": (), **facts}
+        assert {key: getattr(entry, key) for key in expected} == expected, entry
 
 
 def test_every_checkpoint_records_licence_use_and_size():
     for entry in CHECKPOINTS.values():
         assert entry.licence and entry.used_by and entry.size_hint > 1_000_000, entry
         assert (entry.size is None) != (entry.approx_size is None), entry
+        assert all(name in KEY_FILTERS for name in entry.key_filters), entry
 
 
-def test_sam_file_names_carry_the_md5_prefix_and_full_sha256_is_recorded():
-    for name in ("sam-vit-h", "sam-vit-l", "sam-vit-b"):
-        entry = CHECKPOINTS[name]
-        suffix = re.search(r"_([0-9a-f]{6})\.pth$", entry.filename).group(1)
-        assert entry.md5_prefix == suffix
+def test_file_names_carrying_an_md5_prefix_record_it_and_the_full_sha256():
+    for entry in CHECKPOINTS.values():
+        suffix = re.search(r"_([0-9a-f]{6})\.pth$", entry.filename)
+        if suffix is None:
+            assert entry.md5_prefix is None, entry
+            continue
+        assert entry.md5_prefix == suffix.group(1)
         assert re.fullmatch(r"[0-9a-f]{64}", entry.sha256 or ""), entry.sha256
         assert entry.size is not None
+    sam = [entry for entry in CHECKPOINTS.values() if entry.repo == SAM]
+    assert len(sam) == 3 and all(entry.md5_prefix for entry in sam)
+    for entry in sam:
         assert entry.flat_names == (entry.filename, entry.basename)
-
-
-def test_only_normals_may_carry_module_prefixes():
-    assert [n for n, c in CHECKPOINTS.items() if c.may_have_module_prefix] == ["normals"]
 
 
 def test_unknown_checkpoint_lists_the_known_ones():
@@ -50,55 +130,34 @@ def test_unknown_checkpoint_lists_the_known_ones():
         get_checkpoint("zoe")
 
 
-def test_diffusers_repos_of_the_controlnet_stage():
-    repos = {r.repo for r in DIFFUSERS_REPOS.values()}
-    assert repos == {
-        "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        "lllyasviel/control_v11p_sd15_canny",
-        "lllyasviel/control_v11f1p_sd15_depth",
-        "lllyasviel/control_v11p_sd15_lineart",
-        "lllyasviel/control_v11p_sd15_normalbae",
-        "mfidabel/controlnet-segment-anything",
-    }
-    guides = {r.guide for r in DIFFUSERS_REPOS.values() if r.role == "controlnet"}
-    assert guides == {"canny", "depth", "lineart", "normals", "sam"}
-    assert get_diffusers_repo("lllyasviel/control_v11p_sd15_canny").name == "controlnet-canny"
+def test_diffusers_repos_are_the_base_model_and_each_declared_controlnet():
+    from guides.diffusion.settings import control_kinds
+
+    for cls in loadable_classes(REGISTRY):
+        for index, controlnet in enumerate(cls.controlnets):
+            entry = get_diffusers_repo(controlnet.name or f"controlnet-{cls.name}")
+            assert entry is not None and entry.role == "controlnet" and entry.guide == cls.name, (cls.name, entry)
+            assert (entry.repo, entry.revision, entry.scale, entry.licence) == (
+                controlnet.repo, controlnet.revision, controlnet.scale, controlnet.licence)
+            if index == 0:
+                assert get_diffusers_repo(controlnet.repo) == entry
+    guides = [r.guide for r in DIFFUSERS_REPOS.values() if r.role == "controlnet"]
+    assert list(dict.fromkeys(guides)) == list(control_kinds())
+    assert [r.name for r in DIFFUSERS_REPOS.values() if r.role == "base"] == ["sd15"]
     assert get_diffusers_repo("sd15").role == "base"
     assert get_diffusers_repo("someone/else") is None
 
 
-def test_models_readme_lists_every_checkpoint_with_its_recorded_facts():
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[2] / "models" / "README.md").read_text()
-    for entry in CHECKPOINTS.values():
-        row = next((line for line in readme.splitlines() if line.startswith(f"| `{entry.name}` |")), None)
-        assert row is not None, f"models/README.md has no row for {entry.name}"
-        assert entry.basename in row and (entry.repo in row), row
-        if entry.size is not None:
-            assert f"{entry.size:,}" in row, (entry.size, row)
-        if entry.sha256 is not None:
-            assert entry.sha256 in row, row
-        assert (f"`{entry.revision}`" in row) if entry.pinned else ("main (not pinned)" in row), row
-    for repo in DIFFUSERS_REPOS.values():
-        row = next((line for line in readme.splitlines() if line.startswith(f"| `{repo.name}` |")), None)
-        assert row is not None and repo.repo in row, repo.name
-        assert (f"`{repo.revision}`" in row) if repo.pinned else ("main (not pinned)" in row), row
+def test_the_known_repositories_are_declared_at_their_stated_commits():
+    builtin = {repo.repo: repo for repo in DIFFUSERS_REPOS.values() if repo.role == "base" or repo.guide in
+               {cls.name for cls in builtin_classes()}}
+    assert {repo: entry.revision for repo, entry in builtin.items()} == KNOWN_REPOSITORIES
+    for entry in builtin.values():
+        assert entry.licence and entry.approx_size > 1_000_000_000 and entry.allow_patterns, entry
 
 
-def test_revisions_are_full_commits_or_main_and_annotator_files_are_pinned():
+def test_revisions_are_full_commits_or_main():
     """A revision is a 40-hex commit (reproducible) or ``main``; never a short or made-up form."""
     for entry in [*CHECKPOINTS.values(), *DIFFUSERS_REPOS.values()]:
         assert entry.revision == "main" or re.fullmatch(r"[0-9a-f]{40}", entry.revision), entry
         assert entry.pinned == (entry.revision != "main")
-    pinned = {name for name, entry in CHECKPOINTS.items() if entry.pinned}
-    assert pinned == {"lineart", "lineart-coarse", "normals", "sam-vit-h", "sam-vit-b"}
-    assert {name for name, repo in DIFFUSERS_REPOS.items() if not repo.pinned} == {"controlnet-sam"}
-
-
-def test_key_filters_recorded_per_checkpoint():
-    filters = {name: entry.key_filters for name, entry in CHECKPOINTS.items() if entry.key_filters}
-    assert filters == {"normals": ("strip_module_prefix",), "depth": ("drop_computed_buffers",)}
-    from guides.weights.load import KEY_FILTERS
-
-    assert all(f in KEY_FILTERS for fs in filters.values() for f in fs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 
 import pytest
@@ -12,7 +11,6 @@ from guides.annotators.base import ModelOptions
 from guides.dataset.card import describe_model_files
 from guides.errors import WeightsError
 from guides.registry import get
-from guides.weights import catalog
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +56,8 @@ def test_download_false_fails_at_once_without_asking_the_hub(fake_hub, lineart_w
     assert fake_hub.requests == []
 
 
-def test_download_true_fetches_the_pinned_commit_and_records_the_cached_file(fake_hub, lineart_weights, monkeypatch):
-    entry = dataclasses.replace(catalog.CHECKPOINTS["lineart"], size=len(lineart_weights))
-    monkeypatch.setitem(catalog.CHECKPOINTS, "lineart", entry)
+def test_download_true_fetches_the_pinned_commit_and_records_the_cached_file(fake_hub, lineart_weights, monkeypatch, use_entry):
+    entry = use_entry("lineart", size=len(lineart_weights))
     fake_hub.add(entry.repo, entry.filename, lineart_weights)
     annotator = get("lineart").load(device="cpu", resolution=64)
     (path,) = annotator.loaded_files

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -14,12 +13,6 @@ from guides.weights.resolve import download_checkpoint, hub_cache_dir, locate_ch
 
 PAYLOAD = b"not really weights, but bytes to move around" * 100
 
-
-def use_entry(monkeypatch: pytest.MonkeyPatch, name: str, **changes) -> catalog.Checkpoint:
-    """Replace a catalog entry for one test (sizes and digests of test files differ from the real ones)."""
-    entry = dataclasses.replace(catalog.CHECKPOINTS[name], **changes)
-    monkeypatch.setitem(catalog.CHECKPOINTS, name, entry)
-    return entry
 
 
 def plant_in_hub_cache(home: Path, repo: str, filename: str, data: bytes, commit: str = "c" * 40) -> Path:
@@ -97,8 +90,8 @@ def test_models_dir_argument_overrides_the_environment(tmp_path, monkeypatch):
     assert resolve_checkpoint("lineart", models_dir=arg_dir) == arg_dir / "sk_model.pth"
 
 
-def test_hub_cache_is_used_offline(isolated_env, monkeypatch):
-    use_entry(monkeypatch, "lineart", size=len(PAYLOAD))
+def test_hub_cache_is_used_offline(isolated_env, monkeypatch, use_entry):
+    use_entry("lineart", size=len(PAYLOAD))
     planted = plant_in_hub_cache(isolated_env, "lllyasviel/Annotators", "sk_model.pth", PAYLOAD)
     found = resolve_checkpoint("lineart")
     assert found == planted and found.read_bytes() == PAYLOAD
@@ -164,8 +157,8 @@ def test_unreachable_hub_is_the_same_clear_error(monkeypatch):
 # ------------------------------------------------------------------------------------ downloads
 
 
-def test_download_through_the_hub_client_then_found_in_the_cache_offline(fake_hub, monkeypatch):
-    entry = use_entry(monkeypatch, "sam-vit-b", size=len(PAYLOAD), sha256=hashlib.sha256(PAYLOAD).hexdigest(),
+def test_download_through_the_hub_client_then_found_in_the_cache_offline(fake_hub, monkeypatch, use_entry):
+    entry = use_entry("sam-vit-b", size=len(PAYLOAD), sha256=hashlib.sha256(PAYLOAD).hexdigest(),
                       md5_prefix=hashlib.md5(PAYLOAD).hexdigest()[:6])
     fake_hub.add(entry.repo, entry.filename, PAYLOAD)
     path = resolve_checkpoint("sam-vit-b")
@@ -179,8 +172,8 @@ def test_download_through_the_hub_client_then_found_in_the_cache_offline(fake_hu
     assert len(fake_hub.downloads()) == 1
 
 
-def test_download_into_a_flat_folder_is_then_found_there(fake_hub, monkeypatch, tmp_path):
-    entry = use_entry(monkeypatch, "depth", size=len(PAYLOAD))
+def test_download_into_a_flat_folder_is_then_found_there(fake_hub, monkeypatch, tmp_path, use_entry):
+    entry = use_entry("depth", size=len(PAYLOAD))
     fake_hub.add(entry.repo, entry.filename, PAYLOAD)
     folder = tmp_path / "models"
     path = download_checkpoint("depth", to=folder)
@@ -189,8 +182,8 @@ def test_download_into_a_flat_folder_is_then_found_there(fake_hub, monkeypatch, 
     assert resolve_checkpoint("depth", models_dir=folder) == path
 
 
-def test_sha256_mismatch_refuses_and_deletes_the_download(fake_hub, monkeypatch):
-    entry = use_entry(monkeypatch, "sam-vit-b", size=len(PAYLOAD), sha256="0" * 64, md5_prefix=None)
+def test_sha256_mismatch_refuses_and_deletes_the_download(fake_hub, monkeypatch, use_entry):
+    entry = use_entry("sam-vit-b", size=len(PAYLOAD), sha256="0" * 64, md5_prefix=None)
     fake_hub.add(entry.repo, entry.filename, PAYLOAD)
     with pytest.raises(WeightsError) as caught:
         resolve_checkpoint("sam-vit-b")
@@ -203,15 +196,15 @@ def test_sha256_mismatch_refuses_and_deletes_the_download(fake_hub, monkeypatch)
         resolve_checkpoint("sam-vit-b")
 
 
-def test_md5_prefix_of_the_file_name_is_checked(fake_hub, monkeypatch):
-    entry = use_entry(monkeypatch, "sam-vit-l", size=None, sha256=None, md5_prefix="ffffff")
+def test_md5_prefix_of_the_file_name_is_checked(fake_hub, monkeypatch, use_entry):
+    entry = use_entry("sam-vit-l", size=None, sha256=None, md5_prefix="ffffff")
     fake_hub.add(entry.repo, entry.filename, PAYLOAD)
     with pytest.raises(WeightsError, match="does not start with ffffff"):
         resolve_checkpoint("sam-vit-l")
 
 
-def test_size_mismatch_refuses_the_download(fake_hub, monkeypatch):
-    entry = use_entry(monkeypatch, "lineart", size=len(PAYLOAD) + 1)
+def test_size_mismatch_refuses_the_download(fake_hub, monkeypatch, use_entry):
+    entry = use_entry("lineart", size=len(PAYLOAD) + 1)
     fake_hub.add(entry.repo, entry.filename, PAYLOAD)
     with pytest.raises(WeightsError, match=rf"size {len(PAYLOAD)} bytes, expected {len(PAYLOAD) + 1}"):
         resolve_checkpoint("lineart")

@@ -26,17 +26,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
 import numpy as np
 
-from ..errors import InputError, UsageError
+from ..errors import InputError
+from ..options import option
+from ..weights.declarations import ANNOTATORS_REPO, MB, Checkpoint, ControlNet
 from .base import ModelOptions
-from .learned import LearnedAnnotator, check_rgb_batch
+from .learned import LearnedAnnotator, WorkingImage, check_rgb_batch
 
 if TYPE_CHECKING:
-    import torch
+    from ..nets.zoedepth import ZoeDepth
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +57,22 @@ _BACKGROUND = 128
 
 @dataclasses.dataclass(frozen=True)
 class DepthOptions(ModelOptions):
-    resolution: int = 0
+    resolution: int = option(0, "Resize first: short side to N, sides to multiples of 64 (0: the network resizes internally).", min=0)
     """0: run on the image at its own size (the network resizes internally)."""
-    format: str = "rgba"
+    format: str = option(
+        "rgba", "rgba: ZoeDepth's colouring (near = white); gray: one channel; metric16: 16-bit metres * 256.",
+        choices=FORMATS,
+    )
     """rgba (ZoeDepth's colouring), gray (one channel) or metric16 (16-bit metres * 256)."""
-    flip: bool = True
+    flip: bool = option(
+        True, "Average with the mirrored image's prediction (--no-flip: twice as fast, a little noisier).",
+        flag="--flip/--no-flip",
+    )
     """Average with the prediction of the mirrored image (the original's default)."""
-    pad: bool = True
+    pad: bool = option(
+        True, "Reflect-pad before predicting (--no-pad: slightly faster, may show border artefacts).",
+        flag="--pad/--no-pad",
+    )
     """Reflect-pad before predicting and crop back (the original's default)."""
 
 
@@ -140,53 +151,66 @@ class DepthAnnotator(LearnedAnnotator):
     The guide has the working image's size (the input's by default: ``resolution`` 0)."""
 
     name = "depth"
+    summary = "Depth (ZoeDepth ZoeD_N), near = white."
     #: 67 Mpx: the network runs at about 384 x 512; at the working size only the padded, flipped input and
     #: the prediction (about 70 bytes a pixel).
     default_max_working_pixels = 1 << 26
     refuses_cpu_fp16 = False
     Options = DepthOptions
     options: DepthOptions
-    cli_options = (
-        click.option("--format", "format", type=click.Choice(FORMATS), default="rgba", show_default=True,
-                     help="rgba: ZoeDepth's colouring (near = white); gray: one channel; metric16: 16-bit metres * 256."),
-        click.option("--flip/--no-flip", default=True, show_default=True,
-                     help="Average with the mirrored image's prediction (--no-flip: twice as fast, a little noisier)."),
-        click.option("--pad/--no-pad", default=True, show_default=True,
-                     help="Reflect-pad before predicting (--no-pad: slightly faster, may show border artefacts)."),
+    checkpoints = (
+        Checkpoint(
+            name="depth",
+            repo=ANNOTATORS_REPO,
+            filename="ZoeD_M12_N.pt",
+            # no public source names ZoeD_M12_N.pt at a commit of lllyasviel/Annotators: main (not pinned)
+            container="model_dict",
+            # the 24 relative_position_index tables saved by the old timm it was trained with: checked against
+            # the ones the BEiT computes, then dropped
+            has_saved_computed_buffers=True,
+            licence="MIT (isl-org/ZoeDepth)",
+            used_by="depth",
+            size=1_443_406_099,
+            description="ZoeD_N (MiDaS BEiT-L/16-384 backbone)",
+        ),
+    )
+    controlnets = (
+        ControlNet(
+            repo="lllyasviel/control_v11f1p_sd15_depth",
+            # stated: https://huggingface.co/lllyasviel/control_v11f1p_sd15_depth/resolve/539f99181d33db39cf1af2e517cd8056785f0a87/diffusion_pytorch_model.fp16.safetensors
+            revision="539f99181d33db39cf1af2e517cd8056785f0a87",
+            licence="OpenRAIL (ControlNet v1.1)",
+            approx_size=1_450 * MB,
+        ),
     )
 
-    def check_options(self) -> None:
-        if self.options.format not in FORMATS:
-            raise UsageError(f"depth: unknown format {self.options.format!r}; use one of {', '.join(FORMATS)}")
-
     def load(self) -> Any:
-        """``ZoeD_M12_N.pt`` through the weights contract (--checkpoint, models folder, hub cache, download)."""
-        return load_network(self.options.models_dir, str(self.checkpoint_file("depth")))
+        """``ZoeD_M12_N.pt``, loaded strictly into our ZoeD_N (CPU, fp32; see ``load_network``)."""
+        return load_network(checkpoint=str(self.checkpoint_file("depth")))
 
-    def checkpoint_name(self) -> str:
-        return "depth"
+    def to_device(self, model: Any) -> Any:
+        """The network on the device; the MiDaS core runs at ``dtype``, the metric head stays fp32 (its
+        log-binomial and attractor arithmetic loses too much in half precision)."""
+        import torch
 
-    def prepare(self, model: Any) -> Any:
-        return prepare_network(model, self.device, self.dtype)
+        model = model.to(self.device).eval()
+        model.core.to(self.dtype)
+        for module in model.head_modules():
+            module.to(torch.float32)
+        return model
 
-    def finish(self, prediction: np.ndarray, image: np.ndarray) -> np.ndarray:
+    def render(self, prediction: np.ndarray, item: WorkingImage) -> np.ndarray:
+        """The depth rendered as ``options.format``, at the working size."""
         return RENDERERS[self.options.format](prediction)
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def forward(self, images: np.ndarray) -> np.ndarray:
         """Metric depth (B, H, W) float32 in metres of RGB uint8 images (B, H, W, 3) of one size."""
         import torch
 
         from ..nets.zoedepth import infer_depth
 
         check_rgb_batch(images, "depth")
-        height, width = images.shape[1:3]
-        if self.options.pad and min(height, width) < MIN_PADDED_SIDE:
-            raise InputError(
-                None,
-                f"image is {width}x{height}: depth with padding needs at least {MIN_PADDED_SIDE}x{MIN_PADDED_SIDE} "
-                f"pixels (use --no-pad or --resolution)",
-            )
-        self.check_network_size(height, width)
+        self.check_working_size(*images.shape[1:3])
         batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         batch = batch.permute(0, 3, 1, 2).float().div(255)
         depth = infer_depth(self.model, batch, pad=self.options.pad, flip=self.options.flip)
@@ -194,11 +218,25 @@ class DepthAnnotator(LearnedAnnotator):
         self.check_finite(depth)
         return depth
 
-    def check_network_size(self, height: int, width: int) -> None:
-        """Refuse (InputError) an image the network would run at over ``MAX_NETWORK_AREA`` times its
-        nominal size: extreme aspect ratios, which ``--resolution`` does not change."""
+    def prepare(self, image: np.ndarray) -> WorkingImage:
+        """The working image, refused (InputError: that file fails, not its batch) when it is too small to
+        pad or too elongated for the network."""
+        item = super().prepare(image)
+        self.check_working_size(*item.pixels.shape[:2])
+        return item
+
+    def check_working_size(self, height: int, width: int) -> None:
+        """Refuse (InputError) a working image too small for the reflect padding, or one the network would
+        run at over ``MAX_NETWORK_AREA`` times its nominal size: extreme aspect ratios, which
+        ``--resolution`` does not change."""
         from ..nets.zoedepth import network_input_size, padding_for
 
+        if self.options.pad and min(height, width) < MIN_PADDED_SIDE:
+            raise InputError(
+                None,
+                f"image is {width}x{height}: depth with padding needs at least {MIN_PADDED_SIDE}x{MIN_PADDED_SIDE} "
+                f"pixels (use --no-pad or --resolution)",
+            )
         config = self.model.config
         pad_h, pad_w = padding_for(height, width) if self.options.pad else (0, 0)
         net_h, net_w = network_input_size(height + 2 * pad_h, width + 2 * pad_w, config)
@@ -211,30 +249,16 @@ class DepthAnnotator(LearnedAnnotator):
             )
 
 
-def load_network(models_dir: str | None = None, checkpoint: str | None = None) -> Any:
-    """Find ``ZoeD_M12_N.pt`` and load it strictly into our ZoeD_N (CPU, fp32, eval mode).
-
-    The file's 24 ``relative_position_index`` tables (saved by the old timm it was trained with) are
-    checked against the ones the BEiT computes and dropped; any other difference is a WeightsError.
-    """
+def load_network(models_dir: str | None = None, checkpoint: str | None = None) -> ZoeDepth:
+    """Find ``ZoeD_M12_N.pt`` (``checkpoint``, else the models folder, else the hub cache) and load it strictly
+    into our ZoeD_N (CPU, fp32, eval mode), with the declared container and key filters: the file's 24
+    ``relative_position_index`` tables are checked against the ones the BEiT computes and dropped; any other
+    difference is a WeightsError."""
     from ..nets.zoedepth import zoed_n
-    from ..weights.catalog import CHECKPOINTS
     from ..weights.load import load_checkpoint_into
     from ..weights.resolve import resolve_checkpoint
 
-    path = resolve_checkpoint("depth", explicit=checkpoint, models_dir=models_dir)
+    (declared,) = DepthAnnotator.checkpoints
+    path = Path(resolve_checkpoint(declared.name, explicit=checkpoint, models_dir=models_dir))
     log.info("depth: loading %s", path)
-    return load_checkpoint_into(zoed_n, path, container=CHECKPOINTS["depth"].container,
-                                key_filters=("drop_computed_buffers",))
-
-
-def prepare_network(model: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """Move the network to ``device``; the MiDaS core runs at ``dtype``, the metric head stays fp32
-    (its log-binomial and attractor arithmetic loses too much in half precision)."""
-    import torch
-
-    model = model.to(device).eval()
-    model.core.to(dtype)
-    for module in model.head_modules():
-        module.to(torch.float32)
-    return model
+    return load_checkpoint_into(zoed_n, path, container=declared.container, key_filters=declared.key_filters)

@@ -21,17 +21,15 @@ no fast half-precision convolutions there (about 20x slower than fp32); use bf16
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any
 
-import click
 import numpy as np
 
 from ..imaging import resize_to
+from ..options import option
+from ..weights.declarations import ANNOTATORS_COMMIT, ANNOTATORS_REPO, MB, Checkpoint, ControlNet
 from .base import ModelOptions
-from .learned import LearnedAnnotator, check_rgb_batch, pad_to_multiple
-
-log = logging.getLogger(__name__)
+from .learned import LearnedAnnotator, WorkingImage, check_rgb_batch, pad_to_multiple
 
 NETWORK_MULTIPLE = 4
 """Sides the generator maps to themselves (two stride-2 stages); other sizes are padded and cropped."""
@@ -41,9 +39,9 @@ NETWORK_MIN_SIDE = 8
 
 @dataclasses.dataclass(frozen=True)
 class LineartOptions(ModelOptions):
-    coarse: bool = False
+    coarse: bool = option(False, "Coarse model (sk_model2.pth): bolder, fewer lines.")
     """Use the coarse model (``sk_model2.pth``, checkpoint ``lineart-coarse``): bolder, fewer lines."""
-    invert: bool = False
+    invert: bool = option(False, "White lines on black (controlnet_aux's convention).")
     """White lines on black (controlnet_aux's convention) instead of dark lines on white."""
 
 
@@ -54,32 +52,58 @@ class LineartAnnotator(LearnedAnnotator):
     """Informative-drawings line art; one forward per batch of images with the same working size."""
 
     name = "lineart"
+    summary = "Line art (informative-drawings), dark lines on white."
     #: 16.8 Mpx: about 0.6 GB of activations per Mpx at fp32 (measured at 1024 x 1024).
     default_max_working_pixels = 1 << 24
     Options = LineartOptions
     options: LineartOptions
-    cli_options = (
-        click.option("--coarse", is_flag=True, default=False, help="Coarse model (sk_model2.pth): bolder, fewer lines."),
-        click.option("--invert", is_flag=True, default=False, help="White lines on black (controlnet_aux's convention)."),
+    checkpoints = (
+        Checkpoint(
+            name="lineart",
+            repo=ANNOTATORS_REPO,
+            filename="sk_model.pth",
+            revision=ANNOTATORS_COMMIT,
+            container="state_dict",
+            licence="MIT (informative-drawings, Chan et al.)",
+            used_by="lineart",
+            size=17_173_511,
+            description="informative-drawings generator (fine lines)",
+            when=(("coarse", False),),
+        ),
+        Checkpoint(
+            name="lineart-coarse",
+            repo=ANNOTATORS_REPO,
+            filename="sk_model2.pth",
+            revision=ANNOTATORS_COMMIT,
+            container="state_dict",
+            licence="MIT (informative-drawings, Chan et al.)",
+            used_by="lineart --coarse",
+            size=17_173_511,
+            description="informative-drawings generator (coarse lines)",
+            when=(("coarse", True),),
+        ),
+    )
+    controlnets = (
+        ControlNet(
+            repo="lllyasviel/control_v11p_sd15_lineart",
+            # stated: a cache snapshot
+            # models--lllyasviel--control_v11p_sd15_lineart/snapshots/8a158f547e031c5b8fbca19ead09a74767ff4db0/diffusion_pytorch_model.safetensors
+            revision="8a158f547e031c5b8fbca19ead09a74767ff4db0",
+            licence="OpenRAIL (ControlNet v1.1)",
+            approx_size=1_450 * MB,
+        ),
     )
 
     def load(self) -> Any:
-        """``sk_model.pth`` (``sk_model2.pth`` with ``coarse``) through the weights contract
-        (--checkpoint, models folder, hub cache, download)."""
-        path = self.checkpoint_file(self.checkpoint_name())
-        return load_network(self.options.coarse, self.options.models_dir, str(path))
+        """``sk_model.pth`` (``sk_model2.pth`` with ``coarse``), loaded strictly (CPU, fp32)."""
+        from ..nets.informative_drawings import lineart_generator
 
-    def checkpoint_name(self) -> str:
-        return "lineart-coarse" if self.options.coarse else "lineart"
+        return self.load_checkpoint(lineart_generator)
 
-    def prepare(self, model: Any) -> Any:
+    def to_device(self, model: Any) -> Any:
         return model.to(self.device, self.dtype).eval()
 
-    def finish(self, prediction: np.ndarray, image: np.ndarray) -> np.ndarray:
-        guide = resize_to(prediction, (image.shape[1], image.shape[0]))
-        return 255 - guide if self.options.invert else guide
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def forward(self, images: np.ndarray) -> np.ndarray:
         """Raw line maps (B, H, W) uint8 (255 = paper) of RGB uint8 images (B, H, W, 3) of one size."""
         import torch
 
@@ -94,15 +118,6 @@ class LineartAnnotator(LearnedAnnotator):
             line = (line.float() * 255.0).clamp_(0, 255).to(torch.uint8)
         return line.cpu().numpy()
 
-
-def load_network(coarse: bool = False, models_dir: str | None = None, checkpoint: str | None = None) -> Any:
-    """Find ``sk_model.pth`` (``sk_model2.pth`` when ``coarse``) and load it strictly (CPU, fp32, eval)."""
-    from ..nets.informative_drawings import lineart_generator
-    from ..weights.catalog import CHECKPOINTS
-    from ..weights.load import load_checkpoint_into
-    from ..weights.resolve import resolve_checkpoint
-
-    name = "lineart-coarse" if coarse else "lineart"
-    path = resolve_checkpoint(name, explicit=checkpoint, models_dir=models_dir)
-    log.info("lineart: loading %s", path)
-    return load_checkpoint_into(lineart_generator, path, container=CHECKPOINTS[name].container)
+    def render(self, prediction: np.ndarray, item: WorkingImage) -> np.ndarray:
+        guide = resize_to(prediction, (item.input_size[1], item.input_size[0]))
+        return 255 - guide if self.options.invert else guide

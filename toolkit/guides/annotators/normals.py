@@ -20,19 +20,14 @@ fp16 on the CPU is refused (no fast half-precision convolutions there); use bf16
 from __future__ import annotations
 
 import dataclasses
-import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..imaging import resize_to
+from ..weights.declarations import ANNOTATORS_COMMIT, ANNOTATORS_REPO, MB, Checkpoint, ControlNet
 from .base import ModelOptions
-from .learned import LearnedAnnotator, check_rgb_batch, pad_to_multiple
-
-if TYPE_CHECKING:
-    import torch
-
-log = logging.getLogger(__name__)
+from .learned import LearnedAnnotator, WorkingImage, check_rgb_batch, pad_to_multiple
 
 NETWORK_MULTIPLE = 32
 """The encoder halves the size five times and the decoder's skips must line up: sides are padded to this."""
@@ -49,25 +44,57 @@ class NormalsAnnotator(LearnedAnnotator):
     """NormalBae surface normals; one forward per batch of images with the same working size."""
 
     name = "normals"
+    summary = "Surface normals (NormalBae), RGB = (n + 1) / 2."
     #: 8.4 Mpx (4K UHD fits): about 1.5 GB of activations per Mpx at fp32 (measured at 1024 x 1024).
     default_max_working_pixels = 1 << 23
     Options = NormalsOptions
     options: NormalsOptions
+    checkpoints = (
+        Checkpoint(
+            name="normals",
+            repo=ANNOTATORS_REPO,
+            filename="scannet.pt",
+            revision=ANNOTATORS_COMMIT,
+            container="model_dict",
+            # saved from nn.DataParallel: a ``module.`` prefix on every key is the one transformation allowed
+            may_have_module_prefix=True,
+            licence="MIT (surface_normal_uncertainty, Bae et al.)",
+            used_by="normals",
+            approx_size=291 * MB,
+            description="NormalBae NNET (EfficientNet-B5 encoder), ScanNet",
+        ),
+    )
+    controlnets = (
+        ControlNet(
+            repo="lllyasviel/control_v11p_sd15_normalbae",
+            # stated: https://huggingface.co/lllyasviel/control_v11p_sd15_normalbae/resolve/cb7296e6587a219068e9d65864e38729cd862aa8/diffusion_pytorch_model.fp16.safetensors
+            revision="cb7296e6587a219068e9d65864e38729cd862aa8",
+            licence="OpenRAIL (ControlNet v1.1)",
+            approx_size=1_450 * MB,
+        ),
+    )
 
     def load(self) -> Any:
-        """``scannet.pt`` through the weights contract (--checkpoint, models folder, hub cache, download)."""
-        return load_network(self.options.models_dir, str(self.checkpoint_file("normals")))
+        """``scannet.pt``, loaded strictly into our NNET (CPU, fp32)."""
+        from ..nets.normalbae import normalbae_network
 
-    def checkpoint_name(self) -> str:
-        return "normals"
+        return self.load_checkpoint(normalbae_network)
 
-    def prepare(self, model: Any) -> Any:
-        return prepare_network(model, self.device, self.dtype)
+    def to_device(self, model: Any) -> Any:
+        """Fold/split the decoder for inference, move to the device: encoder fp32, decoder ``dtype``.
 
-    def finish(self, prediction: np.ndarray, image: np.ndarray) -> np.ndarray:
-        return resize_to(prediction, (image.shape[1], image.shape[0]))
+        The weights keep their layout: a channels-last *input* (what ``forward`` feeds) makes every
+        convolution run channels-last (oneDNN's and cuDNN's fast path) -- measured as fast as converting
+        the weights too, without a second copy of them in memory.
+        """
+        import torch
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+        model = model.prepare_for_inference()
+        model.encoder.to(self.device, torch.float32)
+        model.decoder.to(self.device, self.dtype)
+        return model
+
+    def forward(self, images: np.ndarray) -> np.ndarray:
         """Normal maps (B, H, W, 3) uint8 of RGB uint8 images (B, H, W, 3) of one size."""
         import torch
 
@@ -86,31 +113,5 @@ class NormalsAnnotator(LearnedAnnotator):
             rgb = (rgb * 255.0).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         return rgb.cpu().numpy()
 
-
-def load_network(models_dir: str | None = None, checkpoint: str | None = None) -> Any:
-    """Find ``scannet.pt`` and load it strictly into our NNET (CPU, fp32, eval mode); a ``module.``
-    prefix on every key (DataParallel copies) is the one transformation allowed."""
-    from ..nets.normalbae import normalbae_network
-    from ..weights.catalog import CHECKPOINTS
-    from ..weights.load import load_checkpoint_into
-    from ..weights.resolve import resolve_checkpoint
-
-    path = resolve_checkpoint("normals", explicit=checkpoint, models_dir=models_dir)
-    log.info("normals: loading %s", path)
-    return load_checkpoint_into(normalbae_network, path, container=CHECKPOINTS["normals"].container,
-                                key_filters=("strip_module_prefix",))
-
-
-def prepare_network(model: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """Fold/split the decoder for inference, move to ``device``: encoder fp32, decoder ``dtype``.
-
-    The weights keep their layout: a channels-last *input* (what ``predict`` feeds) makes every
-    convolution run channels-last (oneDNN's and cuDNN's fast path) -- measured as fast as converting
-    the weights too, without a second copy of them in memory.
-    """
-    import torch
-
-    model = model.prepare_for_inference()
-    model.encoder.to(device, torch.float32)
-    model.decoder.to(device, dtype)
-    return model
+    def render(self, prediction: np.ndarray, item: WorkingImage) -> np.ndarray:
+        return resize_to(prediction, (item.input_size[1], item.input_size[0]))

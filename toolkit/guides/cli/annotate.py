@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ..annotators.base import Annotator
-from ..batch import Job, Summary, output_path, plan_jobs, run_jobs, stages_to_run
+from ..engines import Job, Summary, output_path, plan_jobs, run_jobs, stages_to_run
 from ..errors import UsageError
 from ..imaging import DEFAULT_MAX_PIXELS, load_image, load_mask, write_png_atomic
 from ..registry import REGISTRY, AnnotatorSpec, get
@@ -103,7 +103,7 @@ def run(annotators: str, inputs: tuple[str, ...], output: str | None, overwrite:
         loaders[spec.name] = (lambda spec=spec, options=options: spec.annotator_class()(options))
     planned, failures = plan_jobs(inputs, [s.name for s in specs], output, per_stage_folders=True, own_outputs=REGISTRY)
     if engine == "ray":
-        from ..dataset.ray_engine import run_specs_on_ray
+        from ..engines.ray import run_specs_on_ray
 
         summary = run_specs_on_ray(specs, loaders, planned, failures, batch_size=shared.get("batch_size"), workers=jobs,
                                    overwrite=overwrite, max_pixels=max_pixels, quiet=quiet, address=ray_address,

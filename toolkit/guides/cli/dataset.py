@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from ..dataset.export import DEFAULT_RESOLUTION, DEFAULT_SHARD_SIZE, FORMATS, LAYOUTS, export_dataset, registry_entries
+from ..dataset.entries import registry_entries
+from ..dataset.export import DEFAULT_RESOLUTION, DEFAULT_SHARD_SIZE, FORMATS, LAYOUTS, export_dataset
 from ..errors import UsageError
 from ..imaging import DEFAULT_MAX_PIXELS
 
@@ -33,7 +34,9 @@ LISTED_UNCAPTIONED = 20
                    "(file_name/path + text/caption), e.g. a metadata.jsonl.")
 @click.option("--prompt", default=None, help="Caption for photos without one from --captions or a sidecar .txt.")
 @click.option("--require-captions", is_flag=True, help="Leave out (and report as failed) photos without a caption.")
-@click.option("--set", "overrides", multiple=True, metavar="ANNOTATOR.OPTION=VALUE", help="An annotator's own option, e.g. canny.low=50 (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="ANNOTATOR.OPTION=VALUE",
+              help="An annotator's own option, e.g. canny.low=50 (repeatable): read as the option's type and checked "
+                   "by its declaration (`guides ANNOTATOR --help` lists them).")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (learned annotators).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None)
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=None)
@@ -74,11 +77,10 @@ def dataset(inputs: tuple[str, ...], annotators: str, out: str, format_: str, la
     runner = None
     if engine == "ray":
         from ..annotators.base import ModelOptions
-        from ..dataset.ray_engine import RayExportEngine
-        from ..registry import get
+        from ..engines.ray import RayExportEngine
 
-        learned = [name for name in names if issubclass(get(name).annotator_class().Options, ModelOptions)]
-        sizes = {name: shared.get("batch_size") or get(name).annotator_class().Options().batch_size for name in learned}
+        learned = [entry.name for entry in entries if isinstance(entry.options, ModelOptions)]
+        sizes = {entry.name: entry.options.batch_size for entry in entries if entry.name in learned}
         runner = RayExportEngine(entries, learned=learned, batch_sizes=sizes, workers=jobs, max_pixels=max_pixels,
                                  progress=False if quiet else None, address=ray_address, num_gpus_per_worker=num_gpus_per_worker)
     words = ["guides", "dataset", *inputs, "-a", ",".join(names), "-o", out, "--format", format_, "--layout", layout,

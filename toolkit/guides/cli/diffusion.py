@@ -16,17 +16,59 @@ import click
 
 from ..diffusion.settings import (
     BASE_MODEL,
-    CONTROL_KINDS,
-    CONTROLNET_MODELS,
     REFERENCE_SCALE,
     REFERENCE_SETTINGS,
-    REPRODUCE_KINDS,
     SCHEDULERS,
     GenerationSettings,
 )
 from ..errors import InputError, UsageError
 
 REF = REFERENCE_SETTINGS
+
+
+class _DerivedChoice(click.Choice):  # type: ignore[type-arg]
+    """A ``click.Choice`` whose choices are computed when first needed (parsing, help), not at import:
+    the guide kinds come from the registered annotators' declarations (``settings.control_kinds``)."""
+
+    def __init__(self, choices: Any) -> None:
+        self._compute = choices
+        self._choices: tuple[str, ...] | None = None
+        self.case_sensitive = True
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        if self._choices is None:
+            self._choices = tuple(self._compute())
+        return self._choices
+
+
+def _control_kinds() -> tuple[str, ...]:
+    from ..diffusion.settings import control_kinds
+
+    return control_kinds()
+
+
+class _DerivedHelpOption(click.Option):
+    """A ``click.Option`` whose help text is computed when help is shown (``help_text()``), not at import."""
+
+    def __init__(self, *args: Any, help_text: Any = None, **kwargs: Any) -> None:
+        self._help_text = help_text
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def help(self) -> str | None:
+        compute = getattr(self, "_help_text", None)
+        return compute() if compute is not None else getattr(self, "_help", None)
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        self._help = value
+
+
+def _only_help() -> str:
+    from ..diffusion.settings import reproduce_kinds
+
+    return f"Only these kinds ({', '.join(reproduce_kinds())}); repeatable or comma-separated."
 
 
 def _read_image(path: str) -> Any:
@@ -72,8 +114,8 @@ def _model_options(function: Any) -> Any:
                      help="Stable Diffusion 1.5: a hub id or a local diffusers folder."),
         click.option("--controlnet", "controlnet_overrides", multiple=True, metavar="KIND=ID_OR_PATH",
                      help="Use this ControlNet (hub id or local diffusers folder) for KIND; repeatable. "
-                     "Defaults: lllyasviel/control_v11* (canny, depth, lineart, normalbae) and "
-                     "mfidabel/controlnet-segment-anything (sam); `guides reproduce --dry-run` lists them."),
+                     "Defaults: the ControlNet each KIND's annotator declares (`guides models list` lists "
+                     "them; `guides reproduce --dry-run` shows those a run uses)."),
         click.option("--models-dir", type=click.Path(file_okay=False, path_type=str), envvar="GUIDES_MODELS_DIR",
                      default=None, help="Folder holding model folders under their repo names [env: GUIDES_MODELS_DIR]."),
         click.option("--download", is_flag=True,
@@ -93,16 +135,19 @@ def _model_options(function: Any) -> Any:
 
 def _controlnet_ids(overrides: tuple[str, ...]) -> dict[str, str]:
     from ..diffusion.models import parse_controlnet_overrides
+    from ..diffusion.settings import CONTROLNET_MODELS
 
-    return {**CONTROLNET_MODELS, **parse_controlnet_overrides(overrides, CONTROL_KINDS)}
+    defaults = dict(CONTROLNET_MODELS)
+    return {**defaults, **parse_controlnet_overrides(overrides, defaults)}
 
 
 @click.command("generate", context_settings={"max_content_width": 100})
 @click.argument("guides", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str))
-@click.option("--control", "controls", multiple=True, required=True, type=click.Choice(CONTROL_KINDS),
+@click.option("--control", "controls", multiple=True, required=True, type=_DerivedChoice(_control_kinds),
               help="The kind of each GUIDE, in order (one --control per GUIDE).")
 @click.option("--scale", "scales", multiple=True, type=click.FloatRange(0.0, 10.0),
-              help=f"Conditioning scale of each GUIDE, in order [default: {REFERENCE_SCALE} each].")
+              help="Conditioning scale of each GUIDE, in order [default: its kind's reference scale, "
+              f"{REFERENCE_SCALE} for the built-in kinds].")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="Output .png; the settings go to the .json beside it.")
 @click.option("--prompt", default=REF.prompt, show_default=True)
@@ -140,13 +185,18 @@ def generate(guides: tuple[str, ...], controls: tuple[str, ...], scales: tuple[f
     if len(controls) != len(guides):
         raise UsageError(f"{len(guides)} guide(s) but {len(controls)} --control: give one --control KIND per GUIDE")
     if scales and len(scales) != len(guides):
-        raise UsageError(f"{len(guides)} guide(s) but {len(scales)} --scale: give one per GUIDE, or none for {REFERENCE_SCALE}")
+        from ..diffusion.settings import controlnet_scale
+
+        defaults = ", ".join(dict.fromkeys(f"{controlnet_scale(kind):g}" for kind in controls))
+        raise UsageError(f"{len(guides)} guide(s) but {len(scales)} --scale: give one per GUIDE, or none for {defaults}")
     if not out.lower().endswith(".png"):
         raise UsageError(f"--out {out}: generated images are written as .png")
     settings = GenerationSettings(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                                   guidance=guidance, width=width, height=height, scheduler=scheduler,
                                   precision=precision)
     check_size(settings)
+    from ..diffusion.settings import controlnet_scale
+
     ids = _controlnet_ids(controlnet_overrides)
     images = [_read_image(path) for path in guides]
     base, nets, _ = locate_models(base_model, {kind: ids[kind] for kind in dict.fromkeys(controls)}, models_dir,
@@ -155,7 +205,7 @@ def generate(guides: tuple[str, ...], controls: tuple[str, ...], scales: tuple[f
     generator = ControlNetGenerator(base, nets, device, precision)
     latents = load_latents(latents_file) if latents_file else None
     control_list = [
-        Control(kind, image, scales[index] if scales else REFERENCE_SCALE, source=str(Path(path).resolve()))
+        Control(kind, image, scales[index] if scales else controlnet_scale(kind), source=str(Path(path).resolve()))
         for index, (kind, image, path) in enumerate(zip(controls, images, guides, strict=True))
     ]
     if latents is not None:
@@ -184,8 +234,7 @@ def generate(guides: tuple[str, ...], controls: tuple[str, ...], scales: tuple[f
               help="Folder for the generated images, report.md, report.json and contact_sheet.png.")
 @click.option("--guides", "guide_source", type=click.Choice(["ours", "reference"]), default="ours", show_default=True,
               help="Make the guides from cutecat_init.png with our annotators, or use the stored reference guides.")
-@click.option("--only", multiple=True, metavar="KIND",
-              help=f"Only these kinds ({', '.join(REPRODUCE_KINDS)}); repeatable or comma-separated.")
+@click.option("--only", multiple=True, metavar="KIND", cls=_DerivedHelpOption, help_text=_only_help)
 @click.option("--dry-run", is_flag=True, help="Print the full plan as JSON and stop (nothing is loaded); exit 2 "
               "when anything it needs is missing (models only count when --download is not given).")
 @_model_options

@@ -1,7 +1,9 @@
-"""The ``guides`` command: a lazy click group, so ``guides --help`` imports no annotator or torch.
+"""The ``guides`` command: a lazy click group, so ``guides --help`` imports no torch and no plugin.
 
-Annotator commands (canny, lineart, ...) are built from the registry; the other commands live in
-their own modules under ``guides.cli`` and are imported only when invoked or listed with help.
+Annotator commands (canny, lineart, ..., and installed plugins) are built from the registry when invoked;
+``guides --help`` lists built-in annotators by their summary (their modules are light: no torch) and
+plugins by their package's summary, without importing them. The other commands live in their own modules
+under ``guides.cli`` and are imported only when invoked.
 """
 
 from __future__ import annotations
@@ -42,14 +44,14 @@ class GuidesGroup(click.Group):
         if cmd_name in REGISTRY:
             from .annotate import annotator_command
 
-            return annotator_command(REGISTRY[cmd_name])
+            return annotator_command(REGISTRY[cmd_name])  # a plugin that cannot load: PluginError, one line
         if cmd_name in EXTRA_COMMANDS and self._available(cmd_name):
             module_name, _, attribute = EXTRA_COMMANDS[cmd_name][0].partition(":")
             return getattr(importlib.import_module(module_name), attribute)
         return None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, spec.summary) for name, spec in REGISTRY.items()]
+        rows = [(name, spec.help_summary()) for name, spec in REGISTRY.items()]
         rows += [(name, EXTRA_COMMANDS[name][1]) for name in EXTRA_COMMANDS if self._available(name)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)

@@ -1,7 +1,9 @@
 """``guides models``: list, download, verify and locate the checkpoints in the catalog.
 
-Imports neither torch nor huggingface_hub at import time; only the commands that need the hub client
-load it.
+The catalog (``guides.weights.catalog``) is derived from the registered annotators' declarations, plugins
+included (a plugin that cannot be loaded gets one warning line and is left out); each command reads it
+once. Imports neither torch nor huggingface_hub at import time; only the commands that need the hub
+client load it.
 """
 
 from __future__ import annotations
@@ -68,17 +70,23 @@ def _table(rows: list[tuple[str, ...]]) -> None:
         click.echo("  ".join(cells).rstrip())
 
 
+def _catalog() -> tuple[dict[str, Checkpoint], dict[str, DiffusersRepo]]:
+    """The catalog as it is now (read once per command: it is computed from the declarations on each use)."""
+    return dict(CHECKPOINTS), dict(DIFFUSERS_REPOS)
+
+
 def _expand_names(names: tuple[str, ...], all_checkpoints: bool) -> list[Checkpoint | DiffusersRepo]:
-    chosen: list[Checkpoint | DiffusersRepo] = list(CHECKPOINTS.values()) if all_checkpoints else []
+    checkpoints, repositories = _catalog()
+    chosen: list[Checkpoint | DiffusersRepo] = list(checkpoints.values()) if all_checkpoints else []
     unknown = []
     for name in names:
-        entry = CHECKPOINTS.get(name) or DIFFUSERS_REPOS.get(name)
+        entry = checkpoints.get(name) or repositories.get(name)
         if entry is None:
             unknown.append(name)
         elif entry not in chosen:
             chosen.append(entry)
     if unknown:
-        known = ", ".join([*CHECKPOINTS, *DIFFUSERS_REPOS])
+        known = ", ".join([*checkpoints, *repositories])
         raise click.UsageError(f"unknown model name(s): {', '.join(unknown)}; known: {known}")
     return chosen
 
@@ -101,15 +109,16 @@ def list_models(models_dir: str | None) -> None:
     REVISION is the hub commit a download fetches (its first 12 digits), or "main (not pinned)" where no
     commit is known: that file may change on the hub between two downloads.
     """
+    checkpoints, repositories = _catalog()
     rows: list[tuple[str, ...]] = [("NAME", "USED BY", "FILE", "REVISION", "SIZE", "FOUND")]
-    for entry in CHECKPOINTS.values():
+    for entry in checkpoints.values():
         located = locate_checkpoint(entry.name, models_dir=models_dir)
         found = "missing" if located is None else f"{located.path} ({located.where})"
         rows.append((entry.name, entry.used_by, entry.filename, revision_text(entry), _size_text(entry), found))
     _table(rows)
     click.echo("")
     rows = [("NAME", "USED BY", "HUB REPO", "REVISION", "SIZE", "FOUND")]
-    for repo in DIFFUSERS_REPOS.values():
+    for repo in repositories.values():
         try:
             where = str(resolve_diffusers_repo(repo.repo, models_dir))
         except WeightsError:
@@ -132,8 +141,8 @@ def list_models(models_dir: str | None) -> None:
 def download(ctx: click.Context, names: tuple[str, ...], all_checkpoints: bool, to: str | None) -> None:
     """Download checkpoints (NAME... or --all) and check their size and checksum.
 
-    Names: the checkpoints of `guides models list`, and the diffusers models sd15 and
-    controlnet-{canny,depth,lineart,normals,sam} of the ControlNet stage.
+    Names: the checkpoints of `guides models list`, and the diffusers models of the ControlNet stage
+    it lists (sd15, and controlnet-KIND for each annotator that declares a ControlNet).
     """
     if not names and not all_checkpoints:
         raise click.UsageError("name the checkpoints to download, or pass --all")
@@ -235,9 +244,10 @@ def _hash_progress(entry: Checkpoint, path: Path, quiet: bool) -> Any:
 @click.option("--download/--no-download", default=False, show_default=True, help="Download it when missing.")
 def path_command(name: str, models_dir: str | None, download: bool) -> None:
     """Print the file NAME resolves to (or the folder of a diffusers model); missing: exit 2."""
-    if name in DIFFUSERS_REPOS:
+    checkpoints, repositories = _catalog()
+    if name in repositories:
         click.echo(str(resolve_diffusers_repo(name, models_dir, download=download)))
         return
-    if name not in CHECKPOINTS:
+    if name not in checkpoints:
         _expand_names((name,), False)
     click.echo(str(resolve_checkpoint(name, models_dir=models_dir, download=download)))

@@ -1,4 +1,10 @@
-"""The dataset card (README.md) of an export, the training commands, model files and library versions."""
+"""The dataset card (README.md) of an export, the training commands, model files and library versions.
+
+What the card says about each annotator (its summary, the checkpoint files it loads and their licences,
+the ControlNet its guide is meant for) comes from the annotator's declarations (``Annotator.summary``,
+``checkpoints``, ``controlnets``; ``guides.annotators.base``). Takes plain facts about the export, so it
+imports nothing of ``guides.dataset.export``.
+"""
 
 from __future__ import annotations
 
@@ -8,48 +14,88 @@ import sys
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import __version__
+from ..diffusion.settings import BASE_MODEL
+from .entries import AnnotatorEntry
 from .photos import Photo
 from .shards import COLUMNS_FOLDER, ShardLayout
 
-if TYPE_CHECKING:
-    from .export import AnnotatorEntry, ExportReport
-
 TRAIN_SCRIPT = "examples/controlnet/train_controlnet.py"
-BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 LIBRARIES = (
     "numpy", "opencv-python-headless", "opencv-python", "pillow", "pyarrow", "torch", "torchvision", "timm",
     "segment-anything", "safetensors", "ray",
 )
 
 
-def describe_model_files(name: str, stage: object) -> list[dict[str, Any]]:
+def _annotator_class(name: str) -> type | None:
+    """The registered class of annotator ``name``, or None (a stage handed to the export directly)."""
+    from ..registry import REGISTRY
+
+    spec = REGISTRY.get(name)
+    return None if spec is None else spec.annotator_class()
+
+
+def declared_checkpoints(cls: type | None, options: object = None) -> list[Any]:
+    """The catalog entries of the checkpoints ``cls`` declares: those ``options`` select
+    (``Annotator.checkpoint_names``), or every one it may load when the options are not known."""
+    if cls is None:
+        return []
+    from ..weights.catalog import CHECKPOINTS
+
+    names = cls.checkpoint_names(options) if options is not None else [c.name for c in cls.checkpoints]
+    catalog = dict(CHECKPOINTS)
+    return [catalog[name] for name in dict.fromkeys(names) if name in catalog]
+
+
+def describe_model_files(name: str, stage: object, options: object = None) -> list[dict[str, Any]]:
     """The checkpoint files a loaded annotator actually used (its ``loaded_files``), with size and sha256.
 
     ``stage`` None means the annotator was not loaded in this process (the Ray engine loads it in its
-    workers): the catalog entries naming it are listed instead, marked as such; so are they for a loaded
-    annotator that the catalog names but that reports no file. An annotator without a model: ``[]``.
+    workers): the checkpoints the annotator declares are listed instead (those its ``options`` select, or
+    all of them when the options are not given), marked as catalog entries; so are they for a loaded
+    annotator that reports no file. An annotator without a model (or not registered): ``[]``.
     """
     from ..weights.digest import file_sha256
 
     paths = [Path(p) for p in (getattr(stage, "loaded_files", None) or ())] if stage is not None else []
     if paths:
         return [{"file": str(path), "size": path.stat().st_size, "sha256": file_sha256(path)} for path in paths if path.is_file()]
-    from ..weights.catalog import CHECKPOINTS
-
     note = ("catalog entry: the annotator was loaded in the Ray workers, the file they loaded is not recorded"
             if stage is None else "catalog entry: the annotator does not report the file it loaded")
-    found = []
-    for checkpoint in CHECKPOINTS.values():
-        users = {part.strip().split(" ")[0] for part in checkpoint.used_by.split(",")}
-        if name in users:
-            found.append({
-                "file": checkpoint.filename, "repo": checkpoint.repo, "revision": checkpoint.revision,
-                "sha256": checkpoint.sha256, "used_by": checkpoint.used_by, "note": note,
-            })
-    return found
+    return [
+        {"file": checkpoint.filename, "repo": checkpoint.repo, "revision": checkpoint.revision,
+         "sha256": checkpoint.sha256, "used_by": checkpoint.used_by, "note": note}
+        for checkpoint in declared_checkpoints(_annotator_class(name), options)
+    ]
+
+
+def annotator_lines(entry: AnnotatorEntry) -> list[str]:
+    """What the card says about one annotator, from its declarations: summary, checkpoints (file, hub
+    repo, licence) and the ControlNet its guide is meant for (hub repo, licence, conditioning scale)."""
+    cls = entry.annotator if entry.annotator is not None else _annotator_class(entry.name)
+    if cls is None:
+        return [f"- `{entry.name}`: not a registered annotator (no declarations)"]
+    lines = [f"- `{entry.name}`: {cls.summary}"]
+    checkpoints = declared_checkpoints(cls, entry.options if entry.options is not None else cls.Options())
+    if not checkpoints:
+        lines.append("  - checkpoints: none")
+    for checkpoint in checkpoints:
+        lines.append(f"  - checkpoint `{checkpoint.name}`: `{checkpoint.filename}` from {checkpoint.repo} "
+                     f"({_revision(checkpoint)}), licence {checkpoint.licence}")
+    if not cls.controlnets:
+        lines.append("  - ControlNet: none declared")
+    for controlnet in cls.controlnets:
+        lines.append(f"  - ControlNet: {controlnet.repo} ({_revision(controlnet)}), licence {controlnet.licence}, "
+                     f"conditioning scale {controlnet.scale:g}")
+    return lines
+
+
+def _revision(entry: Any) -> str:
+    from ..weights.declarations import is_commit
+
+    return f"revision {entry.revision[:12]}" if is_commit(entry.revision) else f"{entry.revision}, not pinned"
 
 
 def training_commands(out: Path, shape: ShardLayout, resolution: int) -> dict[str, str]:
@@ -92,8 +138,12 @@ def library_versions(extra: Sequence[str] = ()) -> dict[str, str]:
 
 
 def dataset_card(out: Path, shape: ShardLayout, entries: Sequence[AnnotatorEntry], manifest: Mapping[str, Any],
-                 report: ExportReport, photos: Sequence[Photo], resolution: int, shard_size: int, command: str | None) -> str:
-    """The README.md of the export: YAML configs for ``datasets``, then what was made and how to train."""
+                 photos: Sequence[Photo], *, rows: int, failed: int, uncaptioned: int, commands: Mapping[str, str],
+                 resolution: int, shard_size: int, command: str | None) -> str:
+    """The README.md of the export: YAML configs for ``datasets``, then what was made and how to train.
+
+    ``photos``: the exported photos; ``rows``, ``failed``, ``uncaptioned``: counts of the export;
+    ``commands``: the training command of each dataset (``training_commands``)."""
     extension = "parquet" if shape.format == "parquet" else "tar"
     lines = ["---", "configs:"]
     for index, folder in enumerate(shape.datasets):
@@ -103,7 +153,6 @@ def dataset_card(out: Path, shape: ShardLayout, entries: Sequence[AnnotatorEntry
             lines.append("  default: true")
     lines += ["tags:", "- controlnet", "- guides", "---", ""]
     names = ", ".join(shape.annotators)
-    failed = len(report.summary.failed)
     origins: dict[str, int] = {}
     for photo in photos:
         origins[photo.caption_from or "none"] = origins.get(photo.caption_from or "none", 0) + 1
@@ -113,8 +162,8 @@ def dataset_card(out: Path, shape: ShardLayout, entries: Sequence[AnnotatorEntry
         f"Made by guides {__version__} on {datetime.date.today().isoformat()}"
         + (f" with `{command}`." if command else "."),
         "",
-        f"- photos in the dataset: {report.rows}; failed (left out): {failed}; without caption (empty `text`): "
-        f"{len(report.uncaptioned)}",
+        f"- photos in the dataset: {rows}; failed (left out): {failed}; without caption (empty `text`): "
+        f"{uncaptioned}",
         f"- format: {shape.format}, layout: {shape.layout}, up to {shard_size} photos per shard, "
         f"{len(manifest.get('shards', {}))} shard(s)",
         f"- photos resized with ControlNet's resize_image to {resolution} (short side, sides multiples of 64)"
@@ -140,8 +189,12 @@ def dataset_card(out: Path, shape: ShardLayout, entries: Sequence[AnnotatorEntry
     if shape.format == "webdataset":
         lines += ["", "import webdataset as wds", f'wds.WebDataset("{out / shape.datasets[0]}/{{000000..{max(0, len(manifest.get("shards", {})) - 1):06d}}}.tar").decode("pil")']
     lines += ["```", "", f"## Train a ControlNet (diffusers `{TRAIN_SCRIPT}`)", ""]
-    for name, text in report.commands.items():
+    for name, text in commands.items():
         lines += [f"{name}:", "", "```bash", text, "```", ""]
+    lines += ["## Annotators", ""]
+    for entry in entries:
+        lines += annotator_lines(entry)
+    lines += ["", "Check each licence (and the ControlNet's model card) before redistributing guides or a model trained on them.", ""]
     lines += ["## Annotators and settings", ""]
     for entry in entries:
         settings = ", ".join(f"{key}={value!r}" for key, value in entry.settings.items())

@@ -48,10 +48,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..annotators.learned import check_working_pixels
-from ..batch import Failure, Job, Stage, Summary, run_jobs
+from ..engines import Failure, Job, Stage, Summary, run_jobs
 from ..errors import UsageError
 from ..imaging import DEFAULT_MAX_PIXELS, load_image, remove_stale_temp_files, resize_image, write_atomic
 from .card import dataset_card, describe_model_files, training_commands
+from .entries import AnnotatorEntry, registry_entries
 from .photos import Photo, list_photos, read_captions
 from .shards import (
     COLUMNS_FOLDER,
@@ -75,98 +76,6 @@ CARD_NAME = "README.md"
 MANIFEST_VERSION = 1
 #: Settings that change how an annotator runs but not what it outputs; a rerun may change them.
 RUNTIME_SETTINGS = frozenset({"device", "batch_size", "models_dir", "download"})
-
-
-# ------------------------------------------------------------------------------------------- inputs
-
-
-@dataclasses.dataclass(frozen=True)
-class AnnotatorEntry:
-    """One annotator of an export: how to build it, and the settings the card and the resume check use."""
-
-    name: str
-    load: Callable[[], Stage]
-    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def registry_entries(
-    names: Sequence[str],
-    shared: Mapping[str, Any] | None = None,
-    overrides: Sequence[str] = (),
-) -> list[AnnotatorEntry]:
-    """Entries for registered annotators, with their resizing switched off (the export resizes once).
-
-    ``shared`` options (device, precision, batch_size, models_dir, ...) apply to every annotator that has
-    them; ``overrides`` are ``"annotator.field=value"`` strings for one annotator's own options
-    (``"canny.low=50"``), converted to the type of the field's default.
-    """
-    from ..registry import get
-
-    specs = [get(name) for name in dict.fromkeys(names)]
-    per_annotator: dict[str, dict[str, str]] = {spec.name: {} for spec in specs}
-    for text in overrides:
-        annotator, field, value = _split_override(text)
-        if annotator not in per_annotator:
-            raise UsageError(f"--set {text}: {annotator!r} is not one of the exported annotators ({', '.join(per_annotator)})")
-        per_annotator[annotator][field] = value
-    entries = []
-    for spec in specs:
-        options_type = spec.annotator_class().Options
-        fields = {field.name: field for field in dataclasses.fields(options_type)}
-        defaults = options_type()
-        values = {key: value for key, value in (shared or {}).items() if value is not None and key in fields}
-        for field, raw in per_annotator[spec.name].items():
-            if field not in fields:
-                raise UsageError(f"--set {spec.name}.{field}: unknown option; known: {', '.join(sorted(f for f in fields if f != 'resolution'))}")
-            if field == "resolution":
-                raise UsageError(f"--set {spec.name}.resolution: the export resizes every photo once; use --resolution")
-            values[field] = _convert(raw, getattr(defaults, field), f"{spec.name}.{field}")
-        values["resolution"] = 0
-        options = spec.options(**values)
-        entries.append(AnnotatorEntry(spec.name, functools.partial(_build_annotator, spec, options), dataclasses.asdict(options)))
-    return entries
-
-
-def _build_annotator(spec: Any, options: Any) -> Stage:
-    return spec.annotator_class()(options)
-
-
-def _split_override(text: str) -> tuple[str, str, str]:
-    name, sep, value = text.partition("=")
-    annotator, dot, field = name.strip().partition(".")
-    if not sep or not dot or not annotator or not field:
-        raise UsageError(f"--set {text!r}: expected ANNOTATOR.OPTION=VALUE, e.g. canny.low=50")
-    return annotator, field.replace("-", "_"), value.strip()
-
-
-def _convert(raw: str, default: Any, label: str) -> Any:
-    try:
-        if isinstance(default, bool):
-            lowered = raw.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError:
-        raise UsageError(f"--set {label}={raw}: expected a {type(default).__name__}") from None
-    if default is None and raw.lower() in ("none", ""):
-        return None
-    if isinstance(default, (tuple, list)) or (default is None and raw[:1] in "[{"):
-        try:
-            return _tuples(json.loads(raw))
-        except ValueError:
-            raise UsageError(f"--set {label}={raw}: expected JSON, e.g. [[120, 80], [200, 150]]") from None
-    return raw
-
-
-def _tuples(value: Any) -> Any:
-    """JSON lists as (nested) tuples, the way frozen option dataclasses hold sequences."""
-    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
 
 
 # -------------------------------------------------------------------------------------------- engine
@@ -198,7 +107,7 @@ class PhotoStage:
 
 
 class LocalExportEngine:
-    """The local batch engine (``guides.batch.run_jobs``); annotators are built once, on first use."""
+    """The local batch engine (``guides.engines.run_jobs``); annotators are built once, on first use."""
 
     def __init__(self, entries: Sequence[AnnotatorEntry], *, workers: int | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool | None = False) -> None:
@@ -230,7 +139,8 @@ class LocalExportEngine:
         if self._stages is None:
             return {}
         if self._model_files is None:
-            self._model_files = {entry.name: describe_model_files(entry.name, self._stages[entry.name]) for entry in self.entries}
+            self._model_files = {entry.name: describe_model_files(entry.name, self._stages[entry.name], entry.options)
+                                 for entry in self.entries}
         return self._model_files
 
     def close(self) -> None:
@@ -397,7 +307,9 @@ def export_dataset(
     exported = [photo for photo in photos if str(photo.source) not in failed_paths]
     report.uncaptioned = [photo.relative for photo in exported if not photo.caption]
     report.commands = training_commands(out, shape, resolution)
-    card = dataset_card(out, shape, entries, manifest, report, exported, resolution, shard_size, command)
+    card = dataset_card(out, shape, entries, manifest, exported, rows=report.rows, failed=len(report.summary.failed),
+                        uncaptioned=len(report.uncaptioned), commands=report.commands, resolution=resolution,
+                        shard_size=shard_size, command=command)
     write_atomic(out / CARD_NAME, card.encode("utf-8"))
     report.summary.seconds = time.perf_counter() - started
     return report

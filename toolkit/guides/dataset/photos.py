@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..batch import Failure, is_own_output, output_names, walk_images
+from ..engines import Failure, is_own_output, output_names, walk_images
 from ..errors import InputError, UsageError
 
 #: Names accepted in captions files for the photo's relative path and for its caption.

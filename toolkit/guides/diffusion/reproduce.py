@@ -1,6 +1,7 @@
 """``guides reproduce``: make the guides, generate with the reference settings, compare, report.
 
-For each kind (canny, depth, lineart, normals, sam, and the depth + canny stack): take the guide made by
+For each reference kind (``settings.reference_kinds()``: the built-in annotators that declare a ControlNet,
+canny, depth, lineart, normals and sam; then the depth + canny stack): take the guide made by
 our annotator from ``cutecat_init.png`` (``guides="ours"``, through the registry) or the stored reference
 guide (``guides="reference"``), generate with ``settings.REFERENCE_SETTINGS`` and the kind's ControlNet(s)
 and scale(s), and compare with ``expected_controlnet_<kind>.png`` (PSNR/SSIM as the reference suite
@@ -42,10 +43,10 @@ from .settings import (
     PASS_SSIM,
     REFERENCE_CONTROLS,
     REFERENCE_SETTINGS,
-    REPRODUCE_KINDS,
     GenerationSettings,
     expected_file,
     reference_guide_file,
+    reproduce_kinds,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class ReproduceOptions:
     refs: Path
     out: Path
     guides: GuideSource = "ours"
-    kinds: tuple[str, ...] = REPRODUCE_KINDS
+    kinds: tuple[str, ...] = dataclasses.field(default_factory=reproduce_kinds)
     device: str = "auto"
     precision: str = "fp32"
     base_model: str = BASE_MODEL
@@ -82,9 +83,10 @@ class ReproduceOptions:
     def __post_init__(self) -> None:
         if self.guides not in ("ours", "reference"):
             raise UsageError(f"--guides must be ours or reference, got {self.guides!r}")
-        unknown = [kind for kind in self.kinds if kind not in REPRODUCE_KINDS]
+        known = reproduce_kinds()
+        unknown = [kind for kind in self.kinds if kind not in known]
         if unknown:
-            raise UsageError(f"unknown kind(s) {', '.join(unknown)}; use {', '.join(REPRODUCE_KINDS)}")
+            raise UsageError(f"unknown kind(s) {', '.join(unknown)}; use {', '.join(known)}")
         if not self.kinds:
             raise UsageError("nothing to reproduce: no kinds selected")
 
@@ -94,11 +96,17 @@ class ReproduceOptions:
         return dataclasses.replace(REFERENCE_SETTINGS, precision=self.precision)
 
     @property
+    def controls(self) -> dict[str, tuple[tuple[str, float], ...]]:
+        """Each selected kind's (guide kind, conditioning scale) pairs (``settings.REFERENCE_CONTROLS``)."""
+        controls = dict(REFERENCE_CONTROLS)
+        return {kind: controls[kind] for kind in self.kinds}
+
+    @property
     def guide_kinds(self) -> list[str]:
         """Every guide (= ControlNet) kind the selected runs need, in first-use order."""
         kinds: dict[str, None] = {}
-        for kind in self.kinds:
-            for guide_kind, _ in REFERENCE_CONTROLS[kind]:
+        for pairs in self.controls.values():
+            for guide_kind, _ in pairs:
                 kinds.setdefault(guide_kind)
         return list(kinds)
 
@@ -106,7 +114,8 @@ class ReproduceOptions:
     def needed_checkpoints(self) -> list[str]:
         if self.guides != "ours":
             return []
-        return [name for kind in self.guide_kinds for name in GUIDE_CHECKPOINTS[kind]]
+        checkpoints = dict(GUIDE_CHECKPOINTS)
+        return list(dict.fromkeys(name for kind in self.guide_kinds for name in checkpoints[kind]))
 
     def controlnet_ids(self) -> dict[str, str]:
         return {kind: self.controlnets[kind] for kind in self.guide_kinds}
@@ -117,12 +126,13 @@ def ordered_kinds(selected: Sequence[str]) -> tuple[str, ...]:
     names: list[str] = []
     for value in selected:
         names += [part.strip() for part in value.split(",") if part.strip()]
-    unknown = [name for name in names if name not in REPRODUCE_KINDS]
+    known = reproduce_kinds()
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise UsageError(f"--only: unknown kind(s) {', '.join(unknown)}; use {', '.join(REPRODUCE_KINDS)}")
+        raise UsageError(f"--only: unknown kind(s) {', '.join(unknown)}; use {', '.join(known)}")
     if not names:
-        return REPRODUCE_KINDS
-    return tuple(kind for kind in REPRODUCE_KINDS if kind in names)
+        return known
+    return tuple(kind for kind in known if kind in names)
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -211,6 +221,7 @@ def plan(options: ReproduceOptions) -> dict[str, Any]:
         options.base_model, options.controlnet_ids(), options.models_dir, checkpoints=options.needed_checkpoints
     )
     guides = guide_plan(options)
+    controls = options.controls
     model_problems = missing_problems(base, nets, checkpoints)
     other_problems = [entry["problem"] for entry in guides.values() if entry.get("problem")]
     other_problems += [f"{path}: reference file not found" for path in missing_reference_files(options)]
@@ -242,7 +253,7 @@ def plan(options: ReproduceOptions) -> dict[str, Any]:
                 "kind": kind,
                 "controls": [
                     {"kind": guide_kind, "scale": scale, "controlnet": options.controlnets[guide_kind]}
-                    for guide_kind, scale in REFERENCE_CONTROLS[kind]
+                    for guide_kind, scale in controls[kind]
                 ],
                 "expected": str(options.refs / expected_file(kind)),
             }
@@ -382,6 +393,7 @@ def reproduce(options: ReproduceOptions, progress: Progress | None = None) -> Re
     paths = output_paths(options)
     save_latents(latents, paths["latents"])
 
+    controls_of = options.controls
     results: list[dict[str, Any]] = []
     sheet_rows: list[dict[str, Any]] = []
     for kind in options.kinds:
@@ -389,7 +401,7 @@ def reproduce(options: ReproduceOptions, progress: Progress | None = None) -> Re
         controls = [
             Control(guide_kind, guides[guide_kind], scale,
                     source=str(guides_plan[guide_kind].get("output") or guides_plan[guide_kind].get("path")))
-            for guide_kind, scale in REFERENCE_CONTROLS[kind]
+            for guide_kind, scale in controls_of[kind]
         ]
         generation = generator.generate(
             controls, settings, latents, on_step=lambda done, total, kind=kind: progress.step(kind, done, total)

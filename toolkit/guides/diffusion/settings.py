@@ -6,35 +6,44 @@ prompt pair below, ``torch.manual_seed(2)`` drawing the initial latents on the g
 30 steps, guidance 7.5, 512x512, ControlNet conditioning scale 0.5 (the stack: depth 0.3 + canny 0.7),
 each guide fed as it is stored. ``guides generate`` uses them as defaults and ``guides reproduce``
 uses them unchanged.
+
+What belongs to each guide kind is not written here: it is derived from the annotators' declarations
+(``Annotator.controlnets``, ``Annotator.checkpoints``, see ``guides.annotators.base``), read from the
+registry when first asked for (functions and read-only mappings below, nothing at import time):
+
+* a guide kind (``control_kinds()``) is a registered annotator that declares a ControlNet, in registry
+  order (built-ins first, then plugins): ``guides generate --control KIND`` accepts each;
+* its ControlNet (``CONTROLNET_MODELS``) is the first one it declares, at that declaration's ``scale``;
+* its checkpoints (``GUIDE_CHECKPOINTS``) are those its default options select;
+* ``guides reproduce`` runs the reference kinds (``reference_kinds()``): the *built-in* guide kinds, each
+  with its stored reference guide ``cutecat_guide_<kind>.png`` and expected image (a plugin's ControlNet can
+  be generated with, but the reference suite has no image of it); then the stack below.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-#: The ControlNet guide kinds (one ControlNet each).
-CONTROL_KINDS: tuple[str, ...] = ("canny", "depth", "lineart", "normals", "sam")
-
-#: What ``guides reproduce`` runs, in report order: every kind, then the depth + canny stack.
-REPRODUCE_KINDS: tuple[str, ...] = (*CONTROL_KINDS, "stack")
+if TYPE_CHECKING:
+    from ..annotators.base import Annotator
+    from ..weights.declarations import ControlNet
 
 #: Base model: SD 1.5. ``runwayml/stable-diffusion-v1-5`` (used for the expected images) left the hub in
 #: 2024; this community mirror holds the same weights.
 BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
-#: ControlNet per guide kind (hub ids, diffusers format).
-CONTROLNET_MODELS: Mapping[str, str] = MappingProxyType(
-    {
-        "canny": "lllyasviel/control_v11p_sd15_canny",
-        "depth": "lllyasviel/control_v11f1p_sd15_depth",
-        "lineart": "lllyasviel/control_v11p_sd15_lineart",
-        "normals": "lllyasviel/control_v11p_sd15_normalbae",
-        "sam": "mfidabel/controlnet-segment-anything",
-    }
-)
+#: The name of the reproduced run that stacks several ControlNets.
+STACK_KIND = "stack"
+
+#: The stack of the reference suite: the (guide kind, conditioning scale) pairs fed to the pipeline, in order.
+STACK: tuple[tuple[str, float], ...] = (("depth", 0.3), ("canny", 0.7))
+
+#: ControlNet conditioning scale of a single ControlNet in the reference runs (what the built-in kinds
+#: declare; ``guides generate`` uses each kind's declared scale).
+REFERENCE_SCALE = 0.5
 
 #: Schedulers ``--scheduler`` accepts: name -> diffusers class (built ``from_config`` of the base
 #: model's scheduler). ``base`` keeps the base model's own scheduler (PNDM for SD 1.5).
@@ -76,17 +85,6 @@ class GenerationSettings:
 #: The settings of the expected images.
 REFERENCE_SETTINGS = GenerationSettings()
 
-#: ControlNet conditioning scale of a single ControlNet in the reference runs.
-REFERENCE_SCALE = 0.5
-
-#: Each reproduced kind: the (guide kind, conditioning scale) pairs fed to the pipeline, in order.
-REFERENCE_CONTROLS: Mapping[str, tuple[tuple[str, float], ...]] = MappingProxyType(
-    {
-        **{kind: ((kind, REFERENCE_SCALE),) for kind in CONTROL_KINDS},
-        "stack": (("depth", 0.3), ("canny", 0.7)),
-    }
-)
-
 #: Acceptance of the reference suite: PSNR (dB) and SSIM against the expected image, piq on [0, 1].
 PASS_PSNR = 35.0
 PASS_SSIM = 0.98
@@ -105,7 +103,92 @@ def expected_file(kind: str) -> str:
     return f"expected_controlnet_{kind}.png"
 
 
+# ----------------------------------------------------------------------- derived from the declarations
+
+
+def _guide_classes(builtin_only: bool = False) -> dict[str, type[Annotator]]:
+    """Name -> class of every registered annotator that declares a ControlNet, in registry order (a plugin
+    that cannot be loaded is warned about and skipped, ``registry.loadable_classes``)."""
+    from ..registry import REGISTRY, loadable_classes
+
+    registry = {name: spec for name, spec in REGISTRY.items() if spec.builtin or not builtin_only}
+    return {cls.name: cls for cls in loadable_classes(registry) if cls.controlnets}
+
+
+def control_kinds() -> tuple[str, ...]:
+    """The ControlNet guide kinds: every registered annotator declaring a ControlNet, in registry order."""
+    return tuple(_guide_classes())
+
+
+def reference_kinds() -> tuple[str, ...]:
+    """The kinds of the reference suite: the built-in annotators declaring a ControlNet, in registry order."""
+    return tuple(_guide_classes(builtin_only=True))
+
+
+def reproduce_kinds() -> tuple[str, ...]:
+    """What ``guides reproduce`` runs, in report order: every reference kind, then the stack."""
+    return (*reference_kinds(), STACK_KIND)
+
+
+def controlnet(kind: str) -> ControlNet:
+    """The ControlNet of guide kind ``kind``: the first its annotator declares (KeyError if none)."""
+    return _guide_classes()[kind].controlnets[0]
+
+
+def controlnet_scale(kind: str) -> float:
+    """The conditioning scale of ``kind``'s ControlNet in a single-ControlNet run (its declared ``scale``)."""
+    return controlnet(kind).scale
+
+
+def guide_checkpoints(kind: str) -> tuple[str, ...]:
+    """Names of the checkpoints (``guides.weights.catalog.CHECKPOINTS``) annotator ``kind`` loads with its
+    default options (``Annotator.checkpoint_names``)."""
+    from ..registry import get
+
+    cls = get(kind).annotator_class()
+    return cls.checkpoint_names(cls.Options())
+
+
+class _Derived(Mapping):  # type: ignore[type-arg]
+    """A read-only mapping computed from the declarations on each use (no state of its own)."""
+
+    def __init__(self, collect: Callable[[], Mapping[str, Any]], doc: str) -> None:
+        self._collect = collect
+        self.__doc__ = doc
+
+    def __getitem__(self, key: str) -> Any:
+        return self._collect()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._collect())
+
+    def __len__(self) -> int:
+        return len(self._collect())
+
+    def __repr__(self) -> str:
+        return repr(dict(self._collect()))
+
+
+def _controlnet_models() -> dict[str, str]:
+    return {kind: cls.controlnets[0].repo for kind, cls in _guide_classes().items()}
+
+
+def _guide_checkpoints() -> dict[str, tuple[str, ...]]:
+    return {kind: cls.checkpoint_names(cls.Options()) for kind, cls in _guide_classes().items()}
+
+
+def _reference_controls() -> dict[str, tuple[tuple[str, float], ...]]:
+    classes = _guide_classes(builtin_only=True)
+    return {**{kind: ((kind, cls.controlnets[0].scale),) for kind, cls in classes.items()}, STACK_KIND: STACK}
+
+
+#: ControlNet per guide kind (hub ids, diffusers format): the first ControlNet each annotator declares.
+CONTROLNET_MODELS: Mapping[str, str] = _Derived(_controlnet_models, "guide kind -> ControlNet hub id")
+
 #: Checkpoints our annotators need per guide kind (names of ``guides.weights.catalog.CHECKPOINTS``).
-GUIDE_CHECKPOINTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {"canny": (), "depth": ("depth",), "lineart": ("lineart",), "normals": ("normals",), "sam": ("sam-vit-h",)}
+GUIDE_CHECKPOINTS: Mapping[str, tuple[str, ...]] = _Derived(_guide_checkpoints, "guide kind -> checkpoint names")
+
+#: Each reproduced kind: the (guide kind, conditioning scale) pairs fed to the pipeline, in order.
+REFERENCE_CONTROLS: Mapping[str, tuple[tuple[str, float], ...]] = _Derived(
+    _reference_controls, "reproduced kind -> (guide kind, scale) pairs"
 )

@@ -3,9 +3,10 @@
 Contract used by every learned annotator and the ControlNet stage:
 
 * ``guides.weights.catalog.CHECKPOINTS[name]`` -> ``Checkpoint`` (repo, filename, container, size,
-  sha256, licence, used_by). Names: lineart, lineart-coarse, normals, depth, sam-vit-h, sam-vit-l,
-  sam-vit-b. ``DIFFUSERS_REPOS`` lists the diffusers repositories of the ControlNet stage (sd15,
-  controlnet-{canny,depth,lineart,normals,sam}).
+  sha256, licence, used_by): a read-only view of what the registered annotators declare
+  (``Annotator.checkpoints``, plugins included; ``guides models list`` and ``models/README.md`` list
+  them). ``DIFFUSERS_REPOS`` lists the diffusers repositories of the ControlNet stage: ``sd15`` and a
+  ``controlnet-KIND`` for each ControlNet an annotator declares (``Annotator.controlnets``).
 * ``resolve_checkpoint(name, explicit=None, models_dir=None, *, download=True) -> Path``: explicit file >
   ``models_dir`` / ``GUIDES_MODELS_DIR`` (flat folder, hub file names; SAM also by basename) >
   huggingface_hub cache > download (unless ``download=False`` or ``HF_HUB_OFFLINE``). Raises

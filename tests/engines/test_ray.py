@@ -1,7 +1,7 @@
 """The Ray engine writes byte-identical outputs to the local engine's and reports failures the same way.
 
-One local Ray runtime (2 CPUs) serves the whole module (the ``ray_session`` fixture); each Ray Data run
-costs a few seconds of start-up, so the tests share runs where they can.
+One local Ray runtime (2 CPUs) serves the whole module (the ``ray_session`` fixture, tests/dataset/conftest.py);
+each Ray Data run costs a few seconds of start-up, so the tests share runs where they can.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from guides.cli.testing import invoke
-
-from guides.batch import plan_jobs, run_jobs
+from guides.engines import plan_jobs, run_jobs
 from guides.errors import UsageError, WeightsError
 from guides.registry import get
+from tests.cli_testing import invoke
 
 
 def _canny():
@@ -26,7 +25,7 @@ def _canny():
 
 
 def test_ray_outputs_and_failures_equal_the_local_engine(ray_session, photo_tree: Path, tmp_path: Path, invert_class, tree_reader) -> None:
-    from guides.dataset.ray_engine import run_jobs_ray
+    from guides.engines.ray import run_jobs_ray
 
     stages = ["canny", "invert"]
     local_jobs, local_planned = plan_jobs([photo_tree, tmp_path / "missing.png"], stages, tmp_path / "local", per_stage_folders=True)
@@ -80,7 +79,7 @@ def test_guides_run_engine_ray_matches_engine_local(ray_session, photo_tree: Pat
 
 
 def test_a_loader_error_stops_the_run_like_locally(ray_session, photo_tree: Path, tmp_path: Path) -> None:
-    from guides.dataset.ray_engine import run_jobs_ray
+    from guides.engines.ray import run_jobs_ray
 
     def missing_checkpoint():
         raise WeightsError("lineart: checkpoint sk_model.pth not found; run guides models download lineart")
@@ -93,7 +92,7 @@ def test_a_loader_error_stops_the_run_like_locally(ray_session, photo_tree: Path
 
 
 def test_ray_options_without_ray_and_with_the_local_engine(monkeypatch, tmp_path: Path) -> None:
-    from guides.dataset.ray_engine import import_ray
+    from guides.engines.ray import import_ray
 
     result = invoke("run", "canny", str(tmp_path), "--ray-address", "ray://x:10001")
     assert result.exit_code == 2 and "--ray-address and --num-gpus-per-worker need --engine ray" in result.output
@@ -119,7 +118,7 @@ def test_guides_dataset_engine_ray_writes_the_same_shards(ray_session, photo_tre
 
 def test_a_bug_in_an_annotator_stops_the_ray_run_naming_the_file(ray_session, photo_tree: Path, tmp_path: Path) -> None:
     """As locally: a bug (not bad input) is an InternalError naming the file and the annotator, not a failed line."""
-    from guides.dataset.ray_engine import run_jobs_ray
+    from guides.engines.ray import run_jobs_ray
     from guides.errors import InternalError
 
     class Buggy:

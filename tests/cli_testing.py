@@ -1,4 +1,4 @@
-"""Run ``guides`` in-process for tests, through the console-script entry point (``main``).
+"""Run ``guides`` in-process for tests (``from tests.cli_testing import invoke``), through the console-script entry point (``main``).
 
 ``main`` is what turns errors into one-line messages and exit codes, so tests call it rather than the
 bare click group: ``invoke("canny", "photo.png").exit_code``.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 from click.testing import CliRunner, Result
 
-from .main import main
+from guides.cli.main import main
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})

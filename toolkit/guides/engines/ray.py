@@ -1,19 +1,24 @@
-"""The batch engine on Ray Data: the jobs of ``guides.batch.plan_jobs``, the outputs of ``run_jobs``.
+"""The Ray engine: the jobs of ``guides.engines.planning.plan_jobs`` on Ray Data, the outputs of the local
+engine (``guides.engines.local.run_jobs``).
 
-The driver lists the files once (``plan_jobs``), decides what to skip (complete outputs,
-``guides.batch.stages_to_run``, unless ``overwrite``) and removes the temporary files of dead runs, exactly as ``run_jobs`` does. Then a Ray
-Data pipeline runs the rest:
+The driver lists the files once (``plan_jobs``), decides what to skip and removes the temporary files of
+dead runs with the local engine's own code (``guides.engines.resume.work_to_do``,
+``guides.engines.writing.remove_stale_temporaries``). Then a Ray Data pipeline runs the rest:
 
     job rows -> decode (Ray tasks) -> annotator 1 (actor pool) -> ... -> annotator N -> write (Ray tasks)
 
 * Every annotator has its own actor pool; each actor builds its annotator once (the model is loaded once
   per actor) and batches images of equal ``batch_key`` up to the annotator's ``batch_size``, isolating a
-  failing image exactly like the local engine (``guides.batch.run_stage``: bad input and an image that runs
+  failing image exactly like the local engine (``guides.engines.stage_calls.run_stage``: bad input and an image that runs
   out of memory alone are failure lines; a bug stops the run with ``InternalError`` naming the file, carried
   back to the driver in the row's ``fatal`` column). ``num_gpus`` reserves a (fractional) GPU per actor.
-* Guides travel as raw arrays and are PNG-encoded and written by the write tasks with the same
-  ``write_png_atomic`` in the same order as the local engine's writer, so the files are byte-identical
-  and a failure gets the same one-line reason (decode, annotate or write).
+* A staged annotator (``prepare``/``predict``/``finish``, ``guides.annotators.base``) goes through its
+  ``annotate_batch``, which runs the three stages on the actor's batch (items grouped by ``item_key``):
+  the same guides as the local engine's pipeline, without overlapping the stages inside one actor (Ray
+  Data overlaps the actors with the decode and write tasks instead).
+* Guides travel as raw arrays and are PNG-encoded and written by the write tasks with the local engine's
+  ``write_guides``, in the same order, so the files are byte-identical and a failure gets the same
+  one-line reason (``guides.engines.reasons``: decode, annotate or write).
 * Only small status rows come back to the driver, which builds the same ``Summary`` (failures in job
   order, after the planning failures).
 
@@ -39,10 +44,14 @@ from typing import Any
 import numpy as np
 
 from .. import errors
-from ..batch import (Failure, Job, Stage, Summary, decode_failure_reason, run_stage, stages_to_run,
-                     write_failure_reason)
-from ..errors import GuidesError, InputError, InternalError, UsageError
-from ..imaging import DEFAULT_MAX_PIXELS, load_image, remove_stale_temp_files, write_png_atomic
+from ..errors import GuidesError, InternalError, UsageError
+from ..imaging import DEFAULT_MAX_PIXELS, load_image
+from .planning import Job
+from .reasons import decode_failure_reason, failure_reason, write_failure_reason
+from .resume import work_to_do
+from .stage_calls import Stage, run_stage
+from .summary import Failure, Summary
+from .writing import remove_stale_temporaries, write_guides
 
 logger = logging.getLogger(__name__)
 
@@ -117,18 +126,14 @@ def run_jobs_ray(
     """
     summary = Summary(failed=list(failures))
     started = time.perf_counter()
-    for folder in {target.parent for job in jobs for targets in job.outputs.values() for target in targets}:
-        removed = remove_stale_temp_files(folder)
-        if removed:
-            logger.info("removed %d temporary file(s) left by an interrupted run in %s", removed, folder)
+    remove_stale_temporaries(jobs)
     items = []
-    for index, job in enumerate(jobs):
-        needed = list(stages_to_run(job, overwrite))
+    for index, (job, needed) in enumerate(work_to_do(jobs, overwrite)):
         if not needed:
             summary.skipped += 1
             continue
         targets = {name: [str(target) for target in targets] for name, targets in job.outputs.items()}
-        items.append({"index": index, "source": str(job.source), "needed": json.dumps(needed), "targets": json.dumps(targets)})
+        items.append({"index": index, "source": str(job.source), "needed": json.dumps(list(needed)), "targets": json.dumps(targets)})
     if not items:
         summary.seconds = time.perf_counter() - started
         return summary
@@ -219,13 +224,6 @@ def _guide_columns(table: Any) -> list[str]:
     return [name for name in table.column_names if name.startswith("guide:")]
 
 
-def _reason(error: GuidesError, source: str) -> str:
-    """As ``guides.batch``: the part of an error's message after the file name."""
-    if isinstance(error, InputError) and error.path == source:
-        return error.reason
-    return str(error)
-
-
 def _decode_batch(table: Any, decode: Callable[[Path, int], np.ndarray], max_pixels: int) -> Any:
     """Read and decode each row's file (Ray task); a failure becomes the row's ``error``."""
     rows = table.to_pylist()
@@ -233,7 +231,7 @@ def _decode_batch(table: Any, decode: Callable[[Path, int], np.ndarray], max_pix
         try:
             image = np.ascontiguousarray(decode(Path(row["source"]), max_pixels))
         except GuidesError as error:
-            row["error"] = _reason(error, row["source"])
+            row["error"] = failure_reason(error, row["source"])
             continue
         except Exception as error:
             try:
@@ -350,24 +348,15 @@ def _write_batch(table: Any) -> Any:
     for row in table.to_pylist():
         reason = row["error"]
         if reason is None and row["fatal"] is None:
-            targets = json.loads(row["targets"])
-            name = ""
+            results = {column.split(":", 1)[1]: tuple(_unpack(packed) for packed in row[column])
+                       for column in guide_columns if row[column] is not None}
             try:
-                for column in guide_columns:
-                    if row[column] is None:
-                        continue
-                    name = column.split(":", 1)[1]
-                    guides = [_unpack(packed) for packed in row[column]]
-                    if len(guides) != len(targets[name]):
-                        raise RuntimeError(f"{name} made {len(guides)} guides for {len(targets[name])} outputs")
-                    for target, guide in zip(targets[name], guides):
-                        write_png_atomic(target, guide)
+                write_guides(row["source"], json.loads(row["targets"]), results)
             except GuidesError as error:
-                reason = _reason(error, row["source"])
+                reason = failure_reason(error, row["source"])
             except OSError as error:  # disk full, permissions: this file's failure
                 reason = write_failure_reason(error)
-            except Exception as error:  # a guide that cannot be encoded: a bug, the run stops
-                bug = InternalError(row["source"], name or None, error)
+            except InternalError as bug:  # a guide that cannot be encoded: a bug, the run stops
                 row["fatal"] = _internal_payload(bug)
         out["index"].append(row["index"])
         out["source"].append(row["source"])
@@ -440,7 +429,7 @@ class RayExportEngine:
     def __init__(self, entries: Sequence[Any], *, learned: Sequence[str] = (), batch_sizes: Mapping[str, int] | None = None,
                  workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool | None = False,
                  address: str | None = None, num_gpus_per_worker: float = 0.0) -> None:
-        from .export import PHOTO_STAGE, PhotoStage
+        from ..dataset.export import PHOTO_STAGE, PhotoStage
 
         import_ray()
         self.loaders: dict[str, Callable[[], Stage]] = {PHOTO_STAGE: PhotoStage}
@@ -463,9 +452,8 @@ class RayExportEngine:
 
     def model_files(self) -> dict[str, list[dict[str, Any]]]:
         """The annotators load in Ray actors, not here: the card lists the catalog's entries."""
-        from .card import describe_model_files
-
-        from .export import PHOTO_STAGE
+        from ..dataset.card import describe_model_files
+        from ..dataset.export import PHOTO_STAGE
 
         return {name: describe_model_files(name, None) for name in self.loaders if name != PHOTO_STAGE}
 

@@ -1,0 +1,48 @@
+"""Skip and resume, shared by both engines: a job's stages whose outputs are not complete PNGs are run
+again (all of them with ``overwrite``); the others are skipped, so a rerun of a killed batch resumes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+from .planning import Job
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
+
+
+def output_is_complete(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a whole PNG: its signature first and the IEND chunk last (two small reads).
+
+    What decides "already done" when a batch resumes: a zero-byte file, a truncated one or anything
+    else at an output path is written again, not counted as done.
+    """
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size < len(_PNG_SIGNATURE) + len(_PNG_END):
+                return False
+            head = handle.read(len(_PNG_SIGNATURE))
+            handle.seek(size - len(_PNG_END))
+            tail = handle.read(len(_PNG_END))
+    except OSError:
+        return False
+    return head == _PNG_SIGNATURE and tail == _PNG_END
+
+
+def stages_to_run(job: Job, overwrite: bool = False) -> tuple[str, ...]:
+    """The stages of ``job`` whose outputs are not all complete (every stage with ``overwrite``)."""
+    return tuple(name for name, targets in job.outputs.items()
+                 if overwrite or not all(output_is_complete(target) for target in targets))
+
+
+def work_to_do(jobs: Sequence[Job], overwrite: bool = False,
+               needed: Sequence[tuple[str, ...]] | None = None) -> Iterator[tuple[Job, tuple[str, ...]]]:
+    """Each job with the stages it still needs (empty: skip it), lazily, in job order. ``needed``: the
+    callers' own ``stages_to_run`` of every job, when already worked out (it opens every existing output)."""
+    if needed is not None and len(needed) != len(jobs):
+        raise ValueError(f"needed has {len(needed)} entries for {len(jobs)} jobs")
+    if needed is not None:
+        return zip(jobs, needed)
+    return ((job, stages_to_run(job, overwrite)) for job in jobs)
