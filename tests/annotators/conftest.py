@@ -66,16 +66,16 @@ class TinySamCheckpoint:
 @pytest.fixture
 def tiny_sam_checkpoint(build_tiny_sam: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TinySamCheckpoint:
     """``build_tiny_sam(seed=2)`` saved as ``<tmp>/models/sam_vit_b_01ec64.pth``; ``--model vit_b`` then
-    builds the tiny architecture (``guides.nets.sam_fast.build_sam`` patched for this test), so loading
+    builds the tiny architecture (``guides.nets.sam_network.build_sam`` patched for this test), so loading
     runs for real (file lookup, strict keys, engine cache) in milliseconds."""
     import torch
 
-    from guides.nets import sam_fast
+    from guides.nets import sam_network
 
     model = build_tiny_sam(seed=2)
     models_dir = tmp_path / "models"
     models_dir.mkdir()
     path = models_dir / "sam_vit_b_01ec64.pth"
     torch.save(model.state_dict(), path)
-    monkeypatch.setattr(sam_fast, "build_sam", lambda model_type: _build_tiny_sam(seed=0))
+    monkeypatch.setattr(sam_network, "build_sam", lambda model_type: _build_tiny_sam(seed=0))
     return TinySamCheckpoint(model, models_dir, path)

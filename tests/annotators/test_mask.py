@@ -18,11 +18,12 @@ from segment_anything import SamPredictor  # noqa: E402
 from segment_anything.modeling import Sam  # noqa: E402
 
 import guides  # noqa: E402
-from guides.annotators import sam_common  # noqa: E402
+from guides.annotators import sam_engine_sharing, sam_prompts, segment_painting, subject_masks  # noqa: E402
 from guides.annotators.composite import composite  # noqa: E402
 from guides.annotators.mask import MaskAnnotator, MaskOptions  # noqa: E402
 from guides.errors import InputError, UsageError  # noqa: E402
-from guides.nets.sam_fast import GeneratorSettings, SamEngine, Segments  # noqa: E402
+from guides.nets.sam_engine import SamEngine  # noqa: E402
+from guides.nets.sam_mask_generator import GeneratorSettings, Segments  # noqa: E402
 
 
 def blocks_image(height: int = 96, width: int = 128) -> np.ndarray:
@@ -97,7 +98,7 @@ def test_points_are_input_pixels_when_resizing(tiny: Sam) -> None:
     assert working.shape[:2] == (64, 64) and mask.shape == (96, 128)
     expected = predictor_best(tiny, working, [(32.0, 32.0)], [1])
     assert 0 < expected.sum() < expected.size
-    assert np.array_equal(mask == 0, sam_common.resize_nearest(expected, 96, 128))
+    assert np.array_equal(mask == 0, segment_painting.resize_nearest(expected, 96, 128))
     assert set(np.unique(mask)) == {0, 255}
 
 
@@ -106,12 +107,12 @@ def test_mask_of_an_odd_sized_input_has_its_size_and_dilates_in_input_pixels(tin
     options = MaskOptions(points=((90, 55),), resolution=64)
     working = guides.imaging.resize_image(image, 64)
     assert working.shape[:2] == (64, 128)
-    subject = sam_common.resize_nearest(predictor_best(tiny, working, [(90 * 128 / 113, 55 * 64 / 75)], [1]), 75, 113)
+    subject = segment_painting.resize_nearest(predictor_best(tiny, working, [(90 * 128 / 113, 55 * 64 / 75)], [1]), 75, 113)
     assert 0 < subject.sum() < subject.size
-    assert np.array_equal(MaskAnnotator(options, model=tiny).annotate(image), sam_common.finish_mask(subject))
+    assert np.array_equal(MaskAnnotator(options, model=tiny).annotate(image), subject_masks.finish_mask(subject))
     grown = MaskAnnotator(MaskOptions(points=((90, 55),), resolution=64, dilate=3, invert=True), model=tiny).annotate(image)
     assert grown.shape == (75, 113)
-    assert np.array_equal(grown, sam_common.finish_mask(subject, invert=True, dilate=3))
+    assert np.array_equal(grown, subject_masks.finish_mask(subject, invert=True, dilate=3))
 
 
 def test_point_outside_the_image_fails_that_image_only(tiny: Sam) -> None:
@@ -142,9 +143,9 @@ def test_bad_options_are_usage_errors(tiny: Sam, values: dict, message: str) -> 
 
 
 def test_point_parsing_accepts_strings_pairs_and_numpy() -> None:
-    assert sam_common.normalize_points(["1,2", (3, 4.5), np.array([5, 6])], "points") == ((1.0, 2.0), (3.0, 4.5), (5.0, 6.0))
-    assert sam_common.normalize_points(" 7 , 8 ", "points") == ((7.0, 8.0),)
-    assert sam_common.normalize_box("1,2,3,4") == (1.0, 2.0, 3.0, 4.0)
+    assert sam_prompts.normalize_points(["1,2", (3, 4.5), np.array([5, 6])], "points") == ((1.0, 2.0), (3.0, 4.5), (5.0, 6.0))
+    assert sam_prompts.normalize_points(" 7 , 8 ", "points") == ((7.0, 8.0),)
+    assert sam_prompts.normalize_box("1,2,3,4") == (1.0, 2.0, 3.0, 4.0)
 
 
 # ---------------------------------------------------------------------------------- automatic rule
@@ -163,13 +164,13 @@ def test_automatic_subject_rule_on_known_masks() -> None:
     centre = np.zeros(shape, bool); centre[3:8, 4:9] = True
     bigger = np.zeros(shape, bool); bigger[2:9, 3:10] = True
     segs = _segments([whole, left, centre, bigger], [0.90, 0.99, 0.95, 0.95], [0.9, 0.9, 0.96, 0.96])
-    assert sam_common.automatic_subject(segs, *shape) == 3        # tie on IoU and stability: larger area
+    assert subject_masks.automatic_subject(segs, *shape) == 3        # tie on IoU and stability: larger area
     segs = _segments([whole, left, centre, bigger], [0.90, 0.99, 0.95, 0.95], [0.9, 0.9, 0.97, 0.96])
-    assert sam_common.automatic_subject(segs, *shape) == 2        # tie on IoU: higher stability
+    assert subject_masks.automatic_subject(segs, *shape) == 2        # tie on IoU: higher stability
     segs = _segments([centre, centre.copy()], [0.9, 0.9], [0.9, 0.9])
-    assert sam_common.automatic_subject(segs, *shape) == 0        # full tie: the earlier mask
-    assert sam_common.automatic_subject(_segments([left], [0.99], [0.99]), *shape) is None
-    assert sam_common.automatic_subject(Segments.empty(*shape), *shape) is None
+    assert subject_masks.automatic_subject(segs, *shape) == 0        # full tie: the earlier mask
+    assert subject_masks.automatic_subject(_segments([left], [0.99], [0.99]), *shape) is None
+    assert subject_masks.automatic_subject(Segments.empty(*shape), *shape) is None
 
 
 def test_automatic_mask_follows_the_rule_end_to_end(tiny: Sam) -> None:
@@ -179,7 +180,7 @@ def test_automatic_mask_follows_the_rule_end_to_end(tiny: Sam) -> None:
     engine = SamEngine(tiny)
     engine.set_image(image)
     segments = engine.generate(GeneratorSettings(points_per_side=8, pred_iou_thresh=0.05, stability_score_thresh=0.2))
-    chosen = sam_common.automatic_subject(segments, 96, 128)
+    chosen = subject_masks.automatic_subject(segments, 96, 128)
     covering = [i for i in range(len(segments)) if segments.masks[i, 48, 64]]
     assert chosen is not None and len(covering) >= 2, "the rule must choose between several masks"
     mask = MaskAnnotator(options, model=engine).annotate(image)
@@ -203,16 +204,16 @@ def _square(size: int = 40, start: int = 15, side: int = 10) -> np.ndarray:
 
 def test_finish_mask_convention_invert_and_dilate() -> None:
     subject = _square()
-    keep = sam_common.finish_mask(subject)
+    keep = subject_masks.finish_mask(subject)
     assert keep.dtype == np.uint8 and np.array_equal(keep == 0, subject) and np.array_equal(keep == 255, ~subject)
-    assert np.array_equal(sam_common.finish_mask(subject, invert=True), 255 - keep)
-    grown = sam_common.finish_mask(subject, dilate=2)      # white grows by 2 px: the kept square shrinks to 6x6
+    assert np.array_equal(subject_masks.finish_mask(subject, invert=True), 255 - keep)
+    grown = subject_masks.finish_mask(subject, dilate=2)      # white grows by 2 px: the kept square shrinks to 6x6
     assert np.array_equal(grown == 0, _square(start=17, side=6))
-    shrunk = sam_common.finish_mask(subject, dilate=-2)    # white shrinks: the kept square grows (disc corners)
+    shrunk = subject_masks.finish_mask(subject, dilate=-2)    # white shrinks: the kept square grows (disc corners)
     black = shrunk == 0
     assert black[subject].all() and black[13:27, 15:25].all() and black[15:25, 13:27].all()
     assert not black[13, 13] and black.sum() < 14 * 14
-    repaint_grown = sam_common.finish_mask(subject, invert=True, dilate=1)
+    repaint_grown = subject_masks.finish_mask(subject, invert=True, dilate=1)
     assert np.array_equal(repaint_grown == 255, _cross_grown(subject))  # a radius-1 disc is the 3x3 cross
 
 
@@ -226,7 +227,7 @@ def _cross_grown(subject: np.ndarray) -> np.ndarray:
 
 def test_feather_softens_only_the_edge() -> None:
     subject = _square()
-    soft = sam_common.finish_mask(subject, feather=3)
+    soft = subject_masks.finish_mask(subject, feather=3)
     assert soft[20, 20] == 0 and soft[0, 0] == 255 and soft[20, 39] == 255
     assert 0 < soft[20, 15] < 255 and 0 < soft[20, 14] < 255
     row = soft[20, 5:21].astype(int)
@@ -256,7 +257,7 @@ def test_cli_and_api_parse_points_and_flags(tiny: Sam, tmp_path, monkeypatch: py
     from guides.cli.main import cli
 
     engine = SamEngine(tiny)
-    monkeypatch.setattr(sam_common, "load_engine", lambda *args, **kwargs: engine)
+    monkeypatch.setattr(sam_engine_sharing, "load_engine", lambda *args, **kwargs: engine)
     image = blocks_image(96, 128)
     source = tmp_path / "photo.png"
     Image.fromarray(image).save(source)

@@ -25,11 +25,13 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer  # noqa: E402
 from segment_anything.utils.amg import MaskData, batched_mask_to_box, box_xyxy_to_xywh, mask_to_rle_pytorch, rle_to_mask  # noqa: E402
 
-from guides.annotators import sam_common  # noqa: E402
+from guides.annotators import sam_engine_sharing, segment_painting  # noqa: E402
 from guides.annotators.sam import SamAnnotator, SamOptions  # noqa: E402
 from guides.errors import UsageError  # noqa: E402
 from guides.imaging import resize_image  # noqa: E402
-from guides.nets.sam_fast import GeneratorSettings, SamEngine, Segments, decode_tokens, remove_small_regions_and_duplicates  # noqa: E402
+from guides.nets.sam_engine import SamEngine  # noqa: E402
+from guides.nets.sam_mask_generator import GeneratorSettings, Segments, remove_small_regions_and_duplicates  # noqa: E402
+from guides.nets.sam_network import decode_tokens  # noqa: E402
 
 # ----------------------------------------------------------------------------------------- helpers
 
@@ -149,7 +151,7 @@ def test_default_thresholds_match_too(tiny: Sam) -> None:
 def test_image_encoder_identical_with_chunked_global_attention(chunk_bytes: int, build_tiny_sam) -> None:
     """encode_image (global attention a few query rows at a time) gives ImageEncoderViT's features exactly,
     with non-zero relative-position tables (random SAM initialises them to zero)."""
-    from guides.nets.sam_fast import encode_image
+    from guides.nets.sam_network import encode_image
 
     model = build_tiny_sam(seed=4)
     with torch.no_grad():
@@ -227,7 +229,7 @@ def test_bf16_runs_on_cpu_and_fp16_is_refused(tiny: Sam) -> None:
     settings = GeneratorSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
     full = SamEngine(tiny)
     full.set_image(image)
-    reduced = sam_common.engine_for(tiny, "bf16")
+    reduced = sam_engine_sharing.engine_for(tiny, "bf16")
     reduced.set_image(image)
     assert reduced.predictor.features.dtype == torch.float32
     segments = reduced.generate(settings)
@@ -251,18 +253,18 @@ def test_cuda_annotator_matches_reference_on_cuda(tiny_sam_checkpoint, precision
     on the same GPU. Kernels may change reduction order with batch shape: at fp32 allow a few rounding
     pixels; at fp16/bf16 the guide must come out (a dtype error in our code fails here) with the
     reference's masks up to reduced-precision rounding."""
-    from guides.nets.sam_fast import default_points_per_batch
+    from guides.nets.sam_mask_generator import default_points_per_batch
 
     image = blocks_image(96, 128)
     options = SamOptions(model="vit_b", models_dir=str(tiny_sam_checkpoint.models_dir), device="cuda", precision=precision,
                          resolution=0, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
-    annotator = SamAnnotator(options, engines=sam_common.SamEngineCache())
+    annotator = SamAnnotator(options, engines=sam_engine_sharing.SamEngineCache())
     assert annotator.engine.device.type == "cuda"
     users_batch = default_points_per_batch(annotator.engine.device, image.shape[:2])
     assert users_batch != 64, "the test must run the point batches users get on CUDA, not the reference's"
     ours = annotator.segments(image)
     guide = annotator.annotate(image)
-    assert guide.shape == image.shape and np.array_equal(guide, sam_common.paint_segments(ours.masks, seed=0))
+    assert guide.shape == image.shape and np.array_equal(guide, segment_painting.paint_segments(ours.masks, seed=0))
     settings = GeneratorSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     anns = reference_generate(tiny_sam_checkpoint.model.cuda(), image, settings)
     ref = reference_arrays(anns)
@@ -293,8 +295,8 @@ def test_paint_sorts_by_area_overlaps_and_leaves_uncovered_black() -> None:
     big = _rect(shape, 0, 10, 0, 10)          # 100 px
     middle = _rect(shape, 5, 12, 8, 16)       # 56 px, overlaps big
     masks = np.stack([small, big, middle])
-    guide = sam_common.paint_segments(masks, seed=7)
-    colors = sam_common.segment_colors(3, 7)
+    guide = segment_painting.paint_segments(masks, seed=7)
+    colors = segment_painting.segment_colors(3, 7)
     assert guide.dtype == np.uint8 and guide.shape == (20, 30, 3)
     # rank 0 = largest (big), 1 = middle, 2 = small; smaller masks are painted on top
     assert (guide[small] == colors[2]).all()
@@ -308,11 +310,11 @@ def test_paint_sorts_by_area_overlaps_and_leaves_uncovered_black() -> None:
 def test_paint_equal_areas_keep_generator_order_and_empty_list_is_black() -> None:
     shape = (8, 8)
     first, second = _rect(shape, 0, 4, 0, 4), _rect(shape, 2, 6, 2, 6)   # both 16 px, overlapping
-    guide = sam_common.paint_segments(np.stack([first, second]), seed=0)
-    colors = sam_common.segment_colors(2, 0)
+    guide = segment_painting.paint_segments(np.stack([first, second]), seed=0)
+    colors = segment_painting.segment_colors(2, 0)
     assert (guide[2:4, 2:4] == colors[1]).all()  # the later of two equal areas lies on top, as in SamDetector
-    assert not sam_common.paint_segments(np.zeros((0, 5, 7), bool)).any()
-    assert sam_common.paint_segments(np.zeros((0, 5, 7), bool)).shape == (5, 7, 3)
+    assert not segment_painting.paint_segments(np.zeros((0, 5, 7), bool)).any()
+    assert segment_painting.paint_segments(np.zeros((0, 5, 7), bool)).shape == (5, 7, 3)
 
 
 def test_paint_matches_controlnet_aux_samdetector_regions() -> None:
@@ -327,19 +329,19 @@ def test_paint_matches_controlnet_aux_samdetector_regions() -> None:
     anns = [{"segmentation": m, "area": int(m.sum())} for m in masks]
     np.random.seed(0)
     theirs = SamDetector(None).show_anns(anns)
-    ours = sam_common.paint_segments(masks, seed=1)
+    ours = segment_painting.paint_segments(masks, seed=1)
     assert same_partition(ours, theirs)
 
 
 def test_colors_deterministic_distinct_never_black_and_prefix_stable() -> None:
-    colors = sam_common.segment_colors(500, 42)
-    assert np.array_equal(colors, sam_common.segment_colors(500, 42))
-    assert np.array_equal(colors[:20], sam_common.segment_colors(20, 42))
+    colors = segment_painting.segment_colors(500, 42)
+    assert np.array_equal(colors, segment_painting.segment_colors(500, 42))
+    assert np.array_equal(colors[:20], segment_painting.segment_colors(20, 42))
     assert len(np.unique(colors, axis=0)) == 500
     assert not (colors == 0).all(axis=1).any()
-    assert not np.array_equal(colors[:20], sam_common.segment_colors(20, 43))
+    assert not np.array_equal(colors[:20], segment_painting.segment_colors(20, 43))
     with pytest.raises(UsageError):
-        sam_common.segment_colors(3, -1)
+        segment_painting.segment_colors(3, -1)
 
 
 # ------------------------------------------------------------- NMS and small regions, synthetic masks
@@ -416,7 +418,7 @@ def test_annotator_guide_is_deterministic_and_seed_only_changes_colours(tiny: Sa
     assert not np.array_equal(first, other) and same_partition(first, other)
     segments = annotator.segments(image)
     assert len(segments) >= 4
-    assert np.array_equal(first, sam_common.paint_segments(segments.masks, seed=5))
+    assert np.array_equal(first, segment_painting.paint_segments(segments.masks, seed=5))
 
 
 def test_guide_is_painted_at_the_working_size_and_resized_back_by_nearest(tiny: Sam) -> None:
@@ -432,8 +434,8 @@ def test_guide_is_painted_at_the_working_size_and_resized_back_by_nearest(tiny: 
     settings = GeneratorSettings(points_per_side=6, pred_iou_thresh=0.05, stability_score_thresh=0.3)
     anns = reference_generate(tiny, working, settings)
     assert len(anns) >= 8, f"the case must exercise masks: the reference kept only {len(anns)}"
-    at_working_size = sam_common.paint_segments(np.stack([a["segmentation"] for a in anns]), seed=2)
-    assert np.array_equal(guide, sam_common.resize_nearest(at_working_size, 75, 113))
+    at_working_size = segment_painting.paint_segments(np.stack([a["segmentation"] for a in anns]), seed=2)
+    assert np.array_equal(guide, segment_painting.resize_nearest(at_working_size, 75, 113))
     assert colours(guide) == colours(at_working_size) and len(colours(guide)) >= 6
 
 
@@ -443,15 +445,15 @@ def colours(image: np.ndarray) -> set[tuple[int, ...]]:
 
 def test_resize_nearest_copies_source_pixels() -> None:
     labels = np.arange(6 * 7).reshape(6, 7)
-    up = sam_common.resize_nearest(labels, 12, 21)
+    up = segment_painting.resize_nearest(labels, 12, 21)
     assert np.array_equal(up, np.repeat(np.repeat(labels, 2, axis=0), 3, axis=1))
-    down = sam_common.resize_nearest(up, 6, 7)
+    down = segment_painting.resize_nearest(up, 6, 7)
     assert np.array_equal(down, labels)
-    odd = sam_common.resize_nearest(labels, 5, 3)  # centres (i + 0.5) * 6 / 5 -> rows 0, 1, 3, 4, 5; columns 1, 3, 5
+    odd = segment_painting.resize_nearest(labels, 5, 3)  # centres (i + 0.5) * 6 / 5 -> rows 0, 1, 3, 4, 5; columns 1, 3, 5
     assert np.array_equal(odd, labels[[0, 1, 3, 4, 5]][:, [1, 3, 5]])
     mask = np.zeros((7, 9), bool); mask[2:5, 3:8] = True
-    assert sam_common.resize_nearest(mask, 13, 4).dtype == bool
-    assert sam_common.resize_nearest(labels, 6, 7) is labels
+    assert segment_painting.resize_nearest(mask, 13, 4).dtype == bool
+    assert segment_painting.resize_nearest(labels, 6, 7) is labels
 
 
 @pytest.mark.parametrize(
@@ -463,7 +465,7 @@ def test_resize_nearest_copies_source_pixels() -> None:
         ({"stability_score_thresh": -0.1}, "stability_score_thresh"),
         ({"min_region_area": -1}, "min_region_area"),
         ({"seed": -3}, "seed"),
-        ({"batch_size": 0}, "batch size must be 1 or more"),
+        ({"batch_size": 0}, "batch size must be between 1 and 1024"),
         ({"resolution": -1}, "resolution must be 0 or more"),
     ],
 )
@@ -586,7 +588,7 @@ def test_vit_b_guide_is_the_painted_reference_masks(vit_b: VitB) -> None:
     anns = vit_b.reference_generator(settings).generate(vit_b.image)
     assert len(anns) >= 12, f"the case must exercise NMS and painting: the reference kept only {len(anns)}"
     assert len({tuple(a["bbox"]) for a in anns}) >= 12
-    expected = sam_common.paint_segments(np.stack([a["segmentation"] for a in anns]), seed=3)
+    expected = segment_painting.paint_segments(np.stack([a["segmentation"] for a in anns]), seed=3)
     assert np.array_equal(vit_b.guide, expected)
 
 
@@ -606,7 +608,7 @@ def test_vit_b_mask_with_a_point_is_samPredictors_best(vit_b: VitB) -> None:
 
 def _use_engine(monkeypatch: pytest.MonkeyPatch, engine: SamEngine) -> None:
     """CLI runs reuse the session's loaded ViT-B and its image embedding (loading is tested above)."""
-    monkeypatch.setattr(sam_common, "load_engine", lambda *args, **kwargs: engine)
+    monkeypatch.setattr(sam_engine_sharing, "load_engine", lambda *args, **kwargs: engine)
 
 
 def test_vit_b_cli_sam_writes_the_guide(vit_b: VitB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -663,7 +665,7 @@ def _options(checkpoint, **values) -> SamOptions:
 def test_loaded_files_is_the_checkpoint_the_engine_loaded(tiny_sam_checkpoint, tmp_path: Path) -> None:
     from guides.annotators.mask import MaskAnnotator, MaskOptions
 
-    cache = sam_common.SamEngineCache()
+    cache = sam_engine_sharing.SamEngineCache()
     found = SamAnnotator(_options(tiny_sam_checkpoint), engines=cache)
     assert found.loaded_files == (tiny_sam_checkpoint.path,)
     assert found.engine.checkpoint == tiny_sam_checkpoint.path
@@ -681,7 +683,7 @@ def test_close_on_one_annotator_leaves_the_other_working(tiny_sam_checkpoint) ->
     closing one frees nothing the other uses; closing the last frees the engine."""
     from guides.annotators.mask import MaskAnnotator, MaskOptions
 
-    cache = sam_common.SamEngineCache()
+    cache = sam_engine_sharing.SamEngineCache()
     image = blocks_image(96, 128)
     sam = SamAnnotator(_options(tiny_sam_checkpoint, resolution=0), engines=cache)
     mask_options = MaskOptions(model="vit_b", models_dir=str(tiny_sam_checkpoint.models_dir), device="cpu", points=((30, 40),))
@@ -701,7 +703,7 @@ def test_close_on_one_annotator_leaves_the_other_working(tiny_sam_checkpoint) ->
     again.close()
     masker.close()
     assert len(cache) == 0 and not engine.predictor.is_image_set
-    other_cache = sam_common.SamEngineCache()
+    other_cache = sam_engine_sharing.SamEngineCache()
     separate = SamAnnotator(_options(tiny_sam_checkpoint, resolution=0), engines=other_cache)
     assert separate.engine is not engine and np.array_equal(separate.annotate(image), guide)
 
@@ -719,7 +721,7 @@ def test_engine_cache_loads_once_under_concurrent_acquire() -> None:
     import threading
     import time
 
-    cache = sam_common.SamEngineCache()
+    cache = sam_engine_sharing.SamEngineCache()
     loads = []
 
     class Holder:
@@ -753,9 +755,9 @@ def test_batch_of_two_equals_two_singles_with_one_encoder_pass(tiny_sam_checkpoi
     from guides.annotators.mask import MaskAnnotator, MaskOptions
 
     first, second = blocks_image(75, 113), blocks_image(96, 128)[::-1].copy()  # different sizes share a batch
-    singles = SamAnnotator(_options(tiny_sam_checkpoint, resolution=128), engines=sam_common.SamEngineCache())
+    singles = SamAnnotator(_options(tiny_sam_checkpoint, resolution=128), engines=sam_engine_sharing.SamEngineCache())
     expected = [singles.annotate(first), singles.annotate(second)]
-    batched = SamAnnotator(_options(tiny_sam_checkpoint, resolution=128, batch_size=2), engines=sam_common.SamEngineCache())
+    batched = SamAnnotator(_options(tiny_sam_checkpoint, resolution=128, batch_size=2), engines=sam_engine_sharing.SamEngineCache())
     assert batched.batch_size == 2 and batched.batch_key(first) == batched.batch_key(second)
     passes = _count_encodes(batched.engine)
     got = batched.annotate_batch([first, second])
@@ -764,7 +766,7 @@ def test_batch_of_two_equals_two_singles_with_one_encoder_pass(tiny_sam_checkpoi
     assert [g.shape for g in got] == [(75, 113, 3), (96, 128, 3)]
     assert len(colours(expected[0])) >= 4
     masker = MaskAnnotator(MaskOptions(model="vit_b", models_dir=str(tiny_sam_checkpoint.models_dir), device="cpu", batch_size=2,
-                                       points_per_side=4, pred_iou_thresh=0.05, stability_score_thresh=0.3), engines=sam_common.SamEngineCache())
+                                       points_per_side=4, pred_iou_thresh=0.05, stability_score_thresh=0.3), engines=sam_engine_sharing.SamEngineCache())
     one_by_one = [masker.annotate(first), masker.annotate(second)]
     masker.engine.reset()
     passes = _count_encodes(masker.engine)
@@ -827,8 +829,8 @@ def test_cli_and_api_guides_have_the_input_size(tiny_sam_checkpoint, tmp_path: P
     assert working.shape[:2] == (512, 768)
     anns = reference_generate(tiny_sam_checkpoint.model, working, GeneratorSettings(points_per_side=4, pred_iou_thresh=0.05, stability_score_thresh=0.3))
     assert len(anns) >= 4
-    at_working_size = sam_common.paint_segments(np.stack([a["segmentation"] for a in anns]), seed=0)
-    assert np.array_equal(written, sam_common.resize_nearest(at_working_size, 300, 451))
+    at_working_size = segment_painting.paint_segments(np.stack([a["segmentation"] for a in anns]), seed=0)
+    assert np.array_equal(written, segment_painting.resize_nearest(at_working_size, 300, 451))
     assert colours(written) == colours(at_working_size)
     code, err = _cli(["mask", str(source), "--model", "vit_b", "--models-dir", str(tiny_sam_checkpoint.models_dir), "--device", "cpu",
                       "--resolution", "128", "--point", "100,60", "-q"])
@@ -908,7 +910,7 @@ def test_loading_and_running_sam_never_tunes_the_allocator(tiny_sam_checkpoint, 
 
     spy = _MalloptSpy(monkeypatch)
     monkeypatch.delenv("GUIDES_MALLOC_TUNING", raising=False)
-    cache = sam_common.SamEngineCache()
+    cache = sam_engine_sharing.SamEngineCache()
     image = blocks_image(75, 113)
     SamAnnotator(_options(tiny_sam_checkpoint, resolution=0), engines=cache).annotate(image)
     MaskAnnotator(MaskOptions(model="vit_b", models_dir=str(tiny_sam_checkpoint.models_dir), device="cpu", points_per_side=4), engines=cache).annotate(image)

@@ -15,11 +15,14 @@ and a warning line (then skipped) where all annotators are listed (``loadable_cl
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import importlib
+import importlib.util
 import logging
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -78,10 +81,10 @@ class AnnotatorSpec:
         return self.annotator_class().summary
 
     def help_summary(self) -> str:
-        """The row of ``guides --help``: the summary of a built-in annotator; a plugin's from its package
-        metadata (no import)."""
+        """The row of ``guides --help``, without importing any annotator module: a built-in's ``summary`` as
+        written in its module's source (``declared_summary``), a plugin's from its package metadata."""
         if self.builtin:
-            return self.summary
+            return declared_summary(self.target) or self.summary
         text = self.package_summary or "third-party annotator"
         return f"{text} [plugin: {self.package}]"
 
@@ -92,6 +95,32 @@ class AnnotatorSpec:
     def load(self, **values: Any) -> Annotator:
         """Build (and load the model of) this annotator, ready to be called on many images."""
         return self.annotator_class()(self.options(**values))
+
+
+@functools.lru_cache(maxsize=None)
+def declared_summary(target: str) -> str | None:
+    """The ``summary = "..."`` string literal of class ``target`` (``"package.module:ClassName"``) read from its
+    module's source, without importing the module (and its OpenCV, NumPy...): what keeps ``guides --help``
+    fast. None when the module's source cannot be read or the summary is not a plain literal there (the
+    caller then imports the class)."""
+    module_name, _, class_name = target.partition(":")
+    try:
+        spec = importlib.util.find_spec(module_name)
+        source = Path(spec.origin).read_text(encoding="utf-8") if spec is not None and spec.origin else None
+    except (ImportError, OSError, ValueError):
+        return None
+    if source is None:
+        return None
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            for statement in node.body:
+                targets = (statement.targets if isinstance(statement, ast.Assign)
+                           else [statement.target] if isinstance(statement, ast.AnnAssign) else [])
+                value = getattr(statement, "value", None)
+                if (any(isinstance(t, ast.Name) and t.id == "summary" for t in targets)
+                        and isinstance(value, ast.Constant) and isinstance(value.value, str)):
+                    return value.value
+    return None
 
 
 def _load_class(name: str, target: str, package: str | None) -> type[Annotator]:

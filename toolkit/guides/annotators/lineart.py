@@ -52,7 +52,7 @@ class LineartAnnotator(LearnedAnnotator):
     """Informative-drawings line art; one forward per batch of images with the same working size."""
 
     name = "lineart"
-    summary = "Line art (informative-drawings), dark lines on white."
+    summary = "Line art (lllyasviel's generator), dark lines on white."
     #: 16.8 Mpx: about 0.6 GB of activations per Mpx at fp32 (measured at 1024 x 1024).
     default_max_working_pixels = 1 << 24
     Options = LineartOptions

@@ -15,87 +15,68 @@ The subject is found at the working size (``--resolution``; by default the input
 the input size by nearest neighbour. Then ``--invert`` (repaint the subject instead), ``--dilate N``
 (grow the white area by N pixels of the input; negative shrinks it) and ``--feather N`` (soft edge; the
 mask is then no longer binary). The mask always has the size of the input image.
+
+Stages (``guides.annotators.sam_annotator_base``): ``prepare`` checks the prompts against the input and
+scales them to the working size; ``predict`` encodes a batch and finds each subject on the device;
+``finish`` resizes and finishes the mask.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
 
-import click
 import numpy as np
 
-from ..errors import UsageError
-from .sam_common import (
-    Box,
-    BoxType,
-    Point,
-    PointType,
-    SamEngineAnnotator,
-    SamEngineCache,
-    SamModelOptions,
-    automatic_subject,
-    best_of_three,
-    finish_mask,
-    normalize_box,
-    normalize_points,
-    resize_nearest,
-    sam_cli_options,
-    scale_prompts,
-)
+from ..options import option
+from .sam_annotator_base import SamEngineAnnotator, SamItem, SamModelOptions
+from .sam_prompts import Box, Point, parse_box, parse_point, scale_prompts
+from .segment_painting import resize_nearest
+from .subject_masks import automatic_subject, best_of_three, finish_mask
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class MaskOptions(SamModelOptions):
-    resolution: int = 0
+    resolution: int = option(0, "Resize first: short side to N, sides to multiples of 64 (0 keeps the size).", min=0)
     """0 (default) keeps the input size, so the mask fits the image it was made from."""
-    points: tuple[Point, ...] = ()
+    points: tuple[Point, ...] = option(
+        (), "A pixel on the subject (repeatable). Without --point/--box, the subject is the automatic mask "
+            "covering the image centre with the best predicted IoU.",
+        flag="--point", parse=parse_point, metavar="X,Y",
+    )
     """Points on the subject, (x, y) pixels of the input image (``"X,Y"`` strings are accepted too)."""
-    negative_points: tuple[Point, ...] = ()
+    negative_points: tuple[Point, ...] = option(
+        (), "A pixel not on the subject (repeatable).", flag="--negative-point", parse=parse_point, metavar="X,Y",
+    )
     """Points that are not on the subject."""
-    box: Box | None = None
-    """A box around the subject, (x0, y0, x1, y1) pixels of the input image."""
-    invert: bool = False
+    box: Box | None = option(None, "A box around the subject.", parse=parse_box, metavar="X0,Y0,X1,Y1")
+    """A box around the subject, (x0, y0, x1, y1) pixels of the input image (``"X0,Y0,X1,Y1"`` too)."""
+    invert: bool = option(False, "Repaint the subject (white) and keep the rest.")
     """Repaint (white) the subject instead of keeping it."""
-    dilate: int = 0
+    dilate: int = option(0, "Grow the white area by N pixels (negative shrinks it).", min=-1024, max=1024)
     """Grow the white area by N pixels (negative: shrink it)."""
-    feather: int = 0
+    feather: int = option(0, "Soften the edge over about N pixels (no longer binary).", min=0, max=1024)
     """Blur the edge over about N pixels (0: a hard, binary mask)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompts:
+    """The prompts of one image at its working size (labels: 1 on the subject, 0 not)."""
+
+    points: list[Point]
+    labels: list[int]
+    box: Box | None
 
 
 class MaskAnnotator(SamEngineAnnotator):
     """Subject mask (uint8 (H, W) at the input size, 0 keep / 255 repaint) from prompts or the automatic rule."""
 
     name = "mask"
+    summary = "Binary subject mask (Segment Anything): white = repaint."
     Options = MaskOptions
     options: MaskOptions
-    cli_options = (
-        click.option("--point", "points", type=PointType(), multiple=True, help="A pixel on the subject (repeatable). Without --point/--box, the subject is the automatic mask covering the image centre with the best predicted IoU."),
-        click.option("--negative-point", "negative_points", type=PointType(), multiple=True, help="A pixel not on the subject (repeatable)."),
-        click.option("--box", type=BoxType(), default=None, help="A box around the subject."),
-        click.option("--invert", is_flag=True, help="Repaint the subject (white) and keep the rest."),
-        click.option("--dilate", type=click.IntRange(-1024, 1024), default=0, show_default=True, help="Grow the white area by N pixels (negative shrinks it)."),
-        click.option("--feather", type=click.IntRange(0, 1024), default=0, show_default=True, help="Soften the edge over about N pixels (no longer binary)."),
-        *sam_cli_options(),
-    )
-
-    def __init__(self, options: MaskOptions, model: Any = None, engines: SamEngineCache | None = None) -> None:
-        """Load the checkpoint of ``options.model`` through ``engines`` (see ``SamEngineAnnotator``), or use
-        ``model`` (a ``Sam`` or a shared ``SamEngine``)."""
-        options = dataclasses.replace(
-            options,
-            points=normalize_points(options.points, "points"),
-            negative_points=normalize_points(options.negative_points, "negative_points"),
-            box=normalize_box(options.box),
-        )
-        super().__init__(options, model, engines)
-
-    def check_options(self) -> None:
-        if self.options.feather < 0:
-            raise UsageError(f"feather must be 0 or more, got {self.options.feather}")
 
     @property
     def has_prompts(self) -> bool:
@@ -103,23 +84,23 @@ class MaskAnnotator(SamEngineAnnotator):
 
     def subject(self, image: np.ndarray) -> np.ndarray:
         """The subject of ``image`` as bool (H, W) at the working size (see the module doc for the rule)."""
-        working = self.working_image(image)
-        engine = self.ready_engine
-        with engine.lock:
-            engine.set_image(working)
-            return self.working_subject(image, working)
+        item = self.prepare(image)
+        return self.predict([item])[0]
 
-    def working_subject(self, image: np.ndarray, working: np.ndarray) -> np.ndarray:
-        """``subject`` once the engine's current image is ``working`` (``image`` at the working size)."""
+    def prepare_item(self, input_size: tuple[int, int], working_size: tuple[int, int]) -> Prompts:
+        """The prompts checked against the input image (an InputError for that image) and scaled to the
+        working size."""
         options = self.options
-        height, width = working.shape[:2]
-        points, box = scale_prompts(
-            list(options.points) + list(options.negative_points), options.box, image.shape[:2], (height, width)
-        )
+        points, box = scale_prompts(list(options.points) + list(options.negative_points), options.box, input_size, working_size)
+        return Prompts(points, [1] * len(options.points) + [0] * len(options.negative_points), box)
+
+    def predict_one(self, item: SamItem) -> np.ndarray:
+        """The subject (bool, working size) once the engine's current image is ``item``'s."""
+        prompts: Prompts = item.extra
         if self.has_prompts:
-            labels = [1] * len(options.points) + [0] * len(options.negative_points)
-            return self._predict(points, labels, box)
-        segments = self.automatic_segments(working)
+            return self._predict(prompts.points, prompts.labels, prompts.box)
+        height, width = item.working.shape[:2]
+        segments = self.automatic_segments(item.working)
         chosen = automatic_subject(segments, height, width)
         if chosen is not None:
             log.debug("automatic subject: mask %d of %d", chosen, len(segments))
@@ -134,9 +115,9 @@ class MaskAnnotator(SamEngineAnnotator):
         masks, scores = self.ready_engine.predict(coords, label_array, box_array)
         return best_of_three(masks, scores)
 
-    def annotate_working(self, image: np.ndarray, working: np.ndarray) -> np.ndarray:
-        """The subject at the working size, resized to the input size by nearest neighbour, then finished
-        (``--dilate`` and ``--feather`` in pixels of the input image)."""
+    def finish(self, item: SamItem, output: np.ndarray) -> np.ndarray:
+        """The subject resized to the input size by nearest neighbour, then finished (``--invert``,
+        ``--dilate`` and ``--feather`` in pixels of the input image)."""
         options = self.options
-        subject = resize_nearest(self.working_subject(image, working), image.shape[0], image.shape[1])
+        subject = resize_nearest(output, *item.input_size)
         return finish_mask(subject, invert=options.invert, dilate=options.dilate, feather=options.feather)

@@ -1,12 +1,15 @@
 """The ControlNet SAM guide: Segment Anything's automatic masks, one flat colour each, over black.
 
 Masks are exactly those of segment_anything's ``SamAutomaticMaskGenerator`` with the same settings
-(its defaults unless given), computed by ``guides.nets.sam_fast`` several times faster. They are painted
-largest first, so smaller masks lie on top (the convention of ``refs/cutecat_guide_sam.png`` and of
-controlnet_aux's ``SamDetector``). Unlike the peers, colours are not random per run: they come from
-``--seed``, so the same image and seed give the same guide, byte for byte. Masks are computed at the
+(its defaults unless given), computed by ``guides.nets.sam_mask_generator`` several times faster. They
+are painted largest first, so smaller masks lie on top (the convention of ``refs/cutecat_guide_sam.png``
+and of controlnet_aux's ``SamDetector``). Unlike the peers, colours are not random per run: they come
+from ``--seed``, so the same image and seed give the same guide, byte for byte. Masks are computed at the
 working size (``--resolution``, 512 by default) and the guide is resized back to the input size by
 nearest neighbour, so its colours stay flat and its regions are exactly those masks'.
+
+Stages (``guides.annotators.sam_annotator_base``): ``predict`` encodes a batch and generates each image's
+automatic masks on the device; ``finish`` paints them and resizes the guide.
 """
 
 from __future__ import annotations
@@ -14,19 +17,20 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-import click
 import numpy as np
 
-from ..errors import UsageError
-from .sam_common import SamEngineAnnotator, SamModelOptions, paint_segments, resize_nearest, sam_cli_options
+from ..options import option
+from ..weights.declarations import MB, ControlNet
+from .sam_annotator_base import SamEngineAnnotator, SamItem, SamModelOptions
+from .segment_painting import paint_segments, resize_nearest
 
 if TYPE_CHECKING:
-    from ..nets.sam_fast import Segments
+    from ..nets.sam_mask_generator import Segments
 
 
 @dataclasses.dataclass(frozen=True)
 class SamOptions(SamModelOptions):
-    seed: int = 0
+    seed: int = option(0, "Seed of the segment colours.", min=0)
     """Seed of the segment colours."""
 
 
@@ -34,28 +38,31 @@ class SamAnnotator(SamEngineAnnotator):
     """Automatic SAM masks painted as a segment guide (RGB uint8 at the input size)."""
 
     name = "sam"
+    summary = "Segment Anything segments, one flat colour each."
     Options = SamOptions
     options: SamOptions
-    cli_options = (
-        *sam_cli_options(),
-        click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the segment colours."),
+    controlnets = (
+        ControlNet(
+            repo="mfidabel/controlnet-segment-anything",
+            # no commit of mfidabel/controlnet-segment-anything found stated anywhere: main (not pinned)
+            licence="unverified: see the model card",
+            approx_size=1_450 * MB,
+            scale=0.5,
+            allow_patterns=("*.json", "*.safetensors", "*.bin"),
+        ),
     )
-
-    def check_options(self) -> None:
-        if self.options.seed < 0:
-            raise UsageError(f"seed must be 0 or more, got {self.options.seed}")
 
     def segments(self, image: np.ndarray) -> Segments:
         """The automatic masks of ``image`` at the working size, in segment_anything's order."""
-        working = self.working_image(image)
-        engine = self.ready_engine
-        with engine.lock:
-            engine.set_image(working)
-            return self.automatic_segments(working)
+        item = self.prepare(image)
+        return self.predict([item])[0]
 
-    def annotate_working(self, image: np.ndarray, working: np.ndarray) -> np.ndarray:
-        """The automatic masks of ``working`` painted (``paint_segments``), then resized to the input size
-        by nearest neighbour: the guide's colours and regions are those at the working size."""
-        segments = self.automatic_segments(working)
-        guide = paint_segments(segments.masks, seed=self.options.seed, areas=segments.areas)
-        return resize_nearest(guide, image.shape[0], image.shape[1])
+    def predict_one(self, item: SamItem) -> Segments:
+        """The automatic masks at the working size (the engine's current image is ``item``'s)."""
+        return self.automatic_segments(item.working)
+
+    def finish(self, item: SamItem, output: Segments) -> np.ndarray:
+        """The masks painted (``paint_segments``), then resized to the input size by nearest neighbour:
+        the guide's colours and regions are those at the working size."""
+        guide = paint_segments(output.masks, seed=self.options.seed, areas=output.areas)
+        return resize_nearest(guide, *item.input_size)

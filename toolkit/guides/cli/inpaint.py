@@ -13,11 +13,11 @@ from typing import Any
 import click
 import numpy as np
 
-from ..annotators.base import ModelOptions
-from ..batch import Job, plan_jobs
+from ..engines import Job, plan_jobs
 from ..errors import UsageError
 from ..registry import REGISTRY, get
-from .annotate import _report, _run, batch_options, model_options
+from .annotate import _report, _run, batch_options
+from .options import apply, click_options
 
 STAGE = "inpaint-target"
 MASK, TARGET = "mask", "target"
@@ -55,8 +55,6 @@ class InpaintTargetStage:
 def _command() -> click.Command:
     spec = get("mask")
     cls = spec.annotator_class()
-    defaults = cls.Options()
-    assert isinstance(defaults, ModelOptions)
 
     def callback(inputs: tuple[str, ...], output: str | None, overwrite: bool, jobs: int | None, max_pixels: int,
                  quiet: bool, as_json: bool, background: str, **values: Any) -> None:
@@ -73,16 +71,10 @@ def _command() -> click.Command:
                        jobs, overwrite, max_pixels, quiet)
         _report(summary, as_json)
 
-    command: Any = callback
-    command = click.option("--background", default="white", show_default=True,
-                           help="Colour painted where the mask is white (name or #rrggbb).")(command)
-    for decorator in reversed(list(cls.cli_options)):
-        command = decorator(command)
-    for decorator in reversed(model_options(defaults)):
-        command = decorator(command)
-    command = click.option("--resolution", type=click.IntRange(0), default=defaults.resolution, show_default=True,
-                           help="Resize first: short side to N, sides to multiples of 64 (0 keeps the size).")(command)
-    command = batch_options(command)
+    # The mask's options, derived from MaskOptions (as `guides mask`), then this command's own.
+    own = click.option("--background", default="white", show_default=True,
+                       help="Colour painted where the mask is white (name or #rrggbb).")
+    command = batch_options(apply(callback, [*click_options(cls.Options), own]))
     return click.command(
         STAGE,
         short_help="Subject mask and inpainting target in one step (SAM).",
