@@ -171,7 +171,7 @@ def test_resolution_zero_keeps_the_size_and_crops_the_padding(annotator: Lineart
     "options, error, message",
     [
         ({"resolution": -1}, UsageError, "resolution must be 0 or more"),
-        ({"batch_size": 0}, UsageError, "batch size must be 1 or more"),
+        ({"batch_size": 0}, UsageError, "batch size must be between 1 and 1024, got 0"),
         ({"precision": "fp16", "device": "cpu"}, DeviceError, "use --precision bf16 or fp32"),
         ({"device": "cuda:7"}, DeviceError, "cuda:7"),
         ({"thickness": 3}, UsageError, "unknown option(s) thickness"),

@@ -283,9 +283,9 @@ def test_bf16_decoder_within_bound_of_fp32(reference: Reference, runs: dict[str,
     "options, error, message",
     [
         ({"resolution": -1}, UsageError, "resolution must be 0 or more"),
-        ({"batch_size": 0}, UsageError, "batch size must be 1 or more"),
+        ({"batch_size": 0}, UsageError, "batch size must be between 1 and 1024, got 0"),
         ({"precision": "fp16", "device": "cpu"}, DeviceError, "use --precision bf16 or fp32"),
-        ({"precision": "fp8"}, DeviceError, "unknown precision"),
+        ({"precision": "fp8"}, UsageError, "unknown precision 'fp8'; use one of fp32, fp16, bf16"),
         ({"coarse": True}, UsageError, "unknown option(s) coarse"),
     ],
 )

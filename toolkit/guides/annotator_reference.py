@@ -36,7 +36,7 @@ def _default(info: OptionInfo) -> str:
 
 def _allowed(info: OptionInfo) -> str:
     if info.choices is not None:
-        return " \\| ".join(f"`{choice}`" for choice in info.choices)
+        return ", ".join(f"`{choice}`" for choice in info.choices)
     if info.min is not None and info.max is not None:
         return f"{info.min:g} to {info.max:g}"
     if info.min is not None:

@@ -1,2 +1,3 @@
-"""One module per guide. Modules import only numpy, OpenCV, Pillow and click at import time;
-torch and friends are imported inside ``load`` so that listing or running Canny stays fast."""
+"""One module per guide, each declaring itself as data (see ``guides.annotators.base``). Modules import only
+numpy, OpenCV and Pillow at import time (never click or the CLI); torch and friends are imported inside
+``load`` and the stages, so that listing or running Canny stays fast."""

@@ -66,12 +66,10 @@ class DepthOptions(ModelOptions):
     """rgba (ZoeDepth's colouring), gray (one channel) or metric16 (16-bit metres * 256)."""
     flip: bool = option(
         True, "Average with the mirrored image's prediction (--no-flip: twice as fast, a little noisier).",
-        flag="--flip/--no-flip",
     )
     """Average with the prediction of the mirrored image (the original's default)."""
     pad: bool = option(
         True, "Reflect-pad before predicting (--no-pad: slightly faster, may show border artefacts).",
-        flag="--pad/--no-pad",
     )
     """Reflect-pad before predicting and crop back (the original's default)."""
 

@@ -32,14 +32,12 @@ class _DerivedChoice(click.Choice):  # type: ignore[type-arg]
 
     def __init__(self, choices: Any) -> None:
         self._compute = choices
-        self._choices: tuple[str, ...] | None = None
         self.case_sensitive = True
 
     @property  # type: ignore[override]
     def choices(self) -> tuple[str, ...]:
-        if self._choices is None:
-            self._choices = tuple(self._compute())
-        return self._choices
+        """Computed on each use (the registry is read once per process; nothing is kept here)."""
+        return tuple(self._compute())
 
 
 def _control_kinds() -> tuple[str, ...]:
