@@ -43,6 +43,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.cli_testing import ProcessResult as Result
+from tests.cli_testing import user_environment
+
 TESTS = Path(__file__).resolve().parents[1]
 
 #: Every command ``guides --help`` must list: a command that vanishes (or fails to import) fails here.
@@ -54,8 +57,6 @@ MODELS_SUBCOMMANDS = ("download", "list", "path", "verify")
 
 #: Variables a user's shell would not have: set by the test process, pytest, or plugins (or, for HF_*,
 #: GUIDES_* and RAY_*, a developer's own settings that would make the outcome depend on their machine).
-DROPPED_VARIABLES = {"PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONINSPECT"}
-DROPPED_PREFIXES = ("PYTEST_", "HF_", "HUGGINGFACE_", "GUIDES_", "RAY_", "COV_CORE_")
 
 HELP_TIMEOUT = 120
 CALL_TIMEOUT = 420
@@ -76,29 +77,6 @@ def conftest_module(folder: str) -> ModuleType:
         sys.modules[name] = module  # dataclasses look their module up while the file executes
         spec.loader.exec_module(module)
     return sys.modules[name]
-
-
-def user_environment(**extra: str) -> dict[str, str]:
-    """This process's environment without what the tests set (see ``DROPPED_*``), plus ``extra``."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in DROPPED_VARIABLES and not key.startswith(DROPPED_PREFIXES)
-    }
-    env.update(extra)
-    return env
-
-
-@dataclass(frozen=True)
-class Result:
-    args: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def describe(self) -> str:
-        return (f"$ {' '.join(self.args)}\nexit code {self.returncode}\n--- stdout (end)\n{self.stdout[-3000:]}"
-                f"\n--- stderr (end)\n{self.stderr[-3000:]}")
 
 
 def run_process(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> Result:

@@ -31,14 +31,13 @@ import pytest
 from PIL import Image
 
 from guides.registry import BUILT_IN
+from tests.cli_testing import ProcessResult as Result
+from tests.cli_testing import user_environment as _user_environment
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SECTION = "## Writing an annotator"
 GROUP = "guides.annotators"
 
-#: What a user's shell would not have (as in tests/cli/test_as_installed.py).
-DROPPED_VARIABLES = {"PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONINSPECT"}
-DROPPED_PREFIXES = ("PYTEST_", "HF_", "HUGGINGFACE_", "GUIDES_", "RAY_", "COV_CORE_")
 TIMEOUT = 120
 
 
@@ -255,25 +254,9 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Sites:
 # ----------------------------------------------------------------------------------------- processes
 
 
-@dataclass(frozen=True)
-class Result:
-    args: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def describe(self) -> str:
-        return (f"$ {' '.join(self.args)}\nexit code {self.returncode}\n--- stdout (end)\n{self.stdout[-3000:]}"
-                f"\n--- stderr (end)\n{self.stderr[-3000:]}")
-
-    def lines_naming(self, text: str) -> list[str]:
-        return [line for line in self.stderr.splitlines() if text in line]
-
-
 def user_environment(pythonpath: Iterable[Path], home: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if key not in DROPPED_VARIABLES and not key.startswith(DROPPED_PREFIXES)}
-    env["PYTHONPATH"] = os.pathsep.join([*(str(path) for path in pythonpath), "/tmp/plugshim"])  # DEVSHIM
+    env = _user_environment()
+    env["PYTHONPATH"] = os.pathsep.join(str(path) for path in pythonpath)
     env["HF_HOME"] = str(home / "hf-home")  # an empty hub cache: nothing found by accident
     env["HF_HUB_OFFLINE"] = "1"
     env.setdefault("OMP_NUM_THREADS", "1")

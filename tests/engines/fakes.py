@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -11,6 +14,24 @@ from PIL import Image
 
 from guides.annotators.base import Annotator
 from guides.errors import InputError
+
+
+def kill_mid_run(process: subprocess.Popen, out: Path, total: int, shape: tuple[int, ...]) -> list[str]:
+    """SIGKILL ``process`` once ``out`` holds 10 entries; the names of the guides it left, each checked to be a
+    complete image of ``shape`` (the kill must land mid-run: some, not all ``total``, written)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if out.exists() and len(os.listdir(out)) >= 10:
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = sorted(p.name for p in out.glob("*.png"))
+    assert 0 < len(done_before) < total, "the kill must land mid-batch"
+    for name in done_before:  # every visible guide is complete
+        with Image.open(out / name) as image:
+            assert np.asarray(image).shape == shape
+    return done_before
 
 
 def save_photo(path: Path, seed: int, make_photo, size=(48, 64)) -> None:

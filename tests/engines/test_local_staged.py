@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from PIL import Image
 
 from guides.engines import is_staged, output_is_complete, plan_jobs, run_jobs
 from guides.errors import InternalError
-from tests.engines.fakes import OutOfMemoryError, RecordingStage, StagedHalves, Unstaged
+from tests.engines.fakes import OutOfMemoryError, kill_mid_run, RecordingStage, StagedHalves, Unstaged
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -194,17 +192,7 @@ def test_a_killed_staged_run_leaves_no_partial_file_and_a_rerun_resumes(tmp_path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(source), str(out)], env=env, cwd=REPO_ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        if out.exists() and len(os.listdir(out)) >= 10:
-            break
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done_before = sorted(p.name for p in out.glob("*.png"))
-    assert 0 < len(done_before) < 300, "the kill must land mid-batch"
-    for name in done_before:  # every visible guide is complete
-        assert _read(out / name).shape == (64, 64)
+    done_before = kill_mid_run(process, out, 300, (64, 64))
     jobs, _ = plan_jobs([source], ["halves"], out)
     rerun = run_jobs(jobs, {"halves": StagedHalves(batch_size=2)}, workers=2, progress=False)
     assert (rerun.skipped, rerun.written, rerun.failed) == (len(done_before), 300 - len(done_before), [])

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from guides.engines import output_is_complete, plan_jobs, run_jobs
-from tests.engines.fakes import RecordingStage
+from tests.engines.fakes import RecordingStage, kill_mid_run
 from tests.engines.fakes import save_photo as _save
 
 
@@ -24,17 +21,7 @@ def test_killed_run_leaves_no_trusted_partial_files_and_rerun_completes(tmp_path
     out = tmp_path / "out"
     command = [sys.executable, "-m", "guides", "canny", str(source), "-o", str(out), "-q", "--jobs", "1"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        if out.exists() and len(os.listdir(out)) >= 10:
-            break
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done_before = sorted(p.name for p in out.glob("*.png"))
-    assert 0 < len(done_before) < 160, "the kill must land mid-batch"
-    for name in done_before:  # every visible guide is complete
-        assert np.asarray(Image.open(out / name)).shape == (384, 384)
+    done_before = kill_mid_run(process, out, 160, (384, 384))
     rerun = subprocess.run(command + ["--json"], capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert '"skipped": %d' % len(done_before) in rerun.stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from guides.errors import WeightsError
-from guides.weights import catalog, resolve_checkpoint, resolve_diffusers_repo
+from guides.weights import resolve_checkpoint, resolve_diffusers_repo
 from guides.weights.resolve import download_checkpoint, hub_cache_dir, locate_checkpoint
 
 PAYLOAD = b"not really weights, but bytes to move around" * 100
