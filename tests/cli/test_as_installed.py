@@ -50,7 +50,8 @@ TESTS = Path(__file__).resolve().parents[1]
 
 #: Every command ``guides --help`` must list: a command that vanishes (or fails to import) fails here.
 EXPECTED_COMMANDS = (
-    "canny", "lineart", "normals", "depth", "sam", "mask", "run", "composite", "inpaint-target", "dataset",
+    "canny", "lineart", "normals", "depth", "sam", "mask", "hed", "pidinet", "teed", "anyline", "mlsd",
+    "lineart-anime", "lineart-standard", "run", "composite", "inpaint-target", "dataset",
     "models", "generate", "reproduce", "compare",
 )
 MODELS_SUBCOMMANDS = ("download", "list", "path", "verify")

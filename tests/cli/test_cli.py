@@ -124,7 +124,8 @@ def test_composite_reference_through_cli(refs: Path, tmp_path: Path) -> None:
 def test_help_lists_every_annotator() -> None:
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for name in ("canny", "lineart", "normals", "depth", "sam", "mask", "run", "composite"):
+    for name in ("canny", "lineart", "normals", "depth", "sam", "mask", "hed", "pidinet", "teed", "anyline", "mlsd",
+                 "lineart-anime", "lineart-standard", "run", "composite"):
         assert f"  {name} " in result.output
     canny_help = CliRunner().invoke(cli, ["canny", "--help"])
     assert "<stem>.<annotator>.png" in canny_help.output and "--resolution" in canny_help.output
@@ -380,16 +381,20 @@ def test_an_empty_or_broken_output_is_not_counted_as_done(tmp_path: Path, make_p
         assert np.array_equal(cv2.imread(str(guide), cv2.IMREAD_UNCHANGED), cv2.Canny(cv2.imread(str(photo)), 100, 200))
 
 
-@pytest.mark.parametrize("name", ["canny", "lineart", "normals", "depth", "sam", "mask"])
+ANNOTATORS = ["canny", "lineart", "normals", "depth", "sam", "mask", "hed", "pidinet", "teed", "anyline", "mlsd",
+              "lineart-anime", "lineart-standard"]
+
+
+@pytest.mark.parametrize("name", ANNOTATORS)
 def test_each_annotator_help_shows_its_own_output_name(name: str) -> None:
     result = invoke(name, "--help")
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())
     assert f"<stem>.{name}.png (photo.jpg -> photo.{name}.png)" in text
-    others = {"canny", "lineart", "normals", "depth", "sam", "mask"} - {name}
+    others = set(ANNOTATORS) - {name}
     assert not [other for other in others if f"photo.{other}.png" in text]
     download = "--download Download missing checkpoints from the Hugging Face hub (otherwise a missing checkpoint is an error)."
-    assert (download in text) is (name != "canny")
+    assert (download in text) is (name not in ("canny", "lineart-standard"))
 
 
 def test_download_flag_reaches_only_the_annotators_that_have_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -166,9 +166,9 @@ def build_tiny_models(root: Path) -> TinyModels:
     (base / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER_CONFIG, indent=2))
 
     controlnets = {}
-    from guides.diffusion.settings import reference_kinds
+    from guides.diffusion.settings import control_kinds
 
-    for index, kind in enumerate(reference_kinds()):
+    for index, kind in enumerate(control_kinds()):  # every SD 1.5 kind the built-in annotators declare
         torch.manual_seed(100 + index)
         net = ControlNetModel(**_tiny_unet_kwargs(), conditioning_embedding_out_channels=(4, 4, 4, 4))
         with torch.no_grad():

@@ -201,6 +201,30 @@ def test_generate_equals_the_reference_recipe_in_plain_diffusers(tiny_models, gu
     assert not np.array_equal(expected_single, expected_stack)
 
 
+@pytest.mark.parametrize("kind, repo", [
+    ("softedge", "lllyasviel/control_v11p_sd15_softedge"),
+    ("scribble", "lllyasviel/control_v11p_sd15_scribble"),
+    ("mlsd", "lllyasviel/control_v11p_sd15_mlsd"),
+    ("lineart-anime", "lllyasviel/control_v11p_sd15s2_lineart_anime"),
+])
+def test_the_line_kinds_generate_with_their_controlnet(tiny_models, guide_files, guides_cli, tmp_path: Path,
+                                                       kind: str, repo: str) -> None:
+    """Each ControlNet the soft-edge and line annotators declare is a kind of ``generate``: its declared
+    hub id is the default, and the tiny one given with ``--controlnet`` changes the image (the ControlNet
+    is used, not ignored: scale 0 gives another image)."""
+    from guides.diffusion.settings import CONTROLNET_MODELS
+
+    assert CONTROLNET_MODELS[kind] == repo
+    args = (guide_files["canny"], "--control", kind, *SMALL, *tiny_models.args(kind))
+    used = guides_cli("generate", *args, "-o", tmp_path / "used.png")
+    assert used.exit_code == 0, used.output
+    off = guides_cli("generate", *args, "--scale", "0", "-o", tmp_path / "off.png")
+    assert off.exit_code == 0, off.output
+    assert np.abs(_pixels(tmp_path / "used.png").astype(int) - _pixels(tmp_path / "off.png")).mean() > 0.5
+    record = json.loads((tmp_path / "used.json").read_text())
+    assert [(c["kind"], c["controlnet"]["path"]) for c in record["controls"]] == [(kind, str(tiny_models.controlnets[kind]))]
+
+
 def test_same_seed_same_image_other_seed_other_image(tiny_models, guide_files, guides_cli, tmp_path: Path) -> None:
     args = (guide_files["canny"], "--control", "canny", *SMALL, *tiny_models.args("canny"))
     for name, seed in (("a", 2), ("b", 2), ("c", 3)):

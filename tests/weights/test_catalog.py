@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 
 import pytest
 
@@ -68,9 +69,14 @@ def test_the_catalog_is_the_declarations_of_the_registered_annotators():
             declared.setdefault(checkpoint.name, dataclasses.replace(checkpoint, used_by=checkpoint.used_by or cls.name))
     assert dict(CHECKPOINTS) == declared
     repositories = {repo.name: repo for repo in BASE_MODELS}
+    kinds: dict[str, tuple] = {}
     for cls in loadable_classes(REGISTRY):
         for controlnet in cls.controlnets:
-            repositories[controlnet.name or f"controlnet-{cls.name}"] = controlnet.repository(cls.name)
+            kind = controlnet.kind or cls.name
+            first, annotators = kinds.get(kind, (controlnet, ()))
+            kinds[kind] = (first, annotators if cls.name in annotators else (*annotators, cls.name))
+    for kind, (controlnet, annotators) in kinds.items():
+        repositories[controlnet.name or f"controlnet-{kind}"] = controlnet.repository(kind, annotators)
     assert dict(DIFFUSERS_REPOS) == repositories
 
 
@@ -135,13 +141,15 @@ def test_diffusers_repos_are_the_base_model_and_each_declared_controlnet():
 
     for cls in loadable_classes(REGISTRY):
         for index, controlnet in enumerate(cls.controlnets):
-            entry = get_diffusers_repo(controlnet.name or f"controlnet-{cls.name}")
-            assert entry is not None and entry.role == "controlnet" and entry.guide == cls.name, (cls.name, entry)
+            kind = controlnet.kind or cls.name
+            entry = get_diffusers_repo(controlnet.name or f"controlnet-{kind}")
+            assert entry is not None and entry.role == "controlnet" and entry.guide == kind, (cls.name, entry)
+            assert cls.name in entry.annotators and entry.base == controlnet.base, (cls.name, entry)
             assert (entry.repo, entry.revision, entry.scale, entry.licence) == (
                 controlnet.repo, controlnet.revision, controlnet.scale, controlnet.licence)
             if index == 0:
                 assert get_diffusers_repo(controlnet.repo) == entry
-    guides = [r.guide for r in DIFFUSERS_REPOS.values() if r.role == "controlnet"]
+    guides = [r.guide for r in DIFFUSERS_REPOS.values() if r.role == "controlnet" and r.base == "sd15"]
     assert list(dict.fromkeys(guides)) == list(control_kinds())
     assert [r.name for r in DIFFUSERS_REPOS.values() if r.role == "base"] == ["sd15"]
     assert get_diffusers_repo("sd15").role == "base"
@@ -161,3 +169,92 @@ def test_revisions_are_full_commits_or_main():
     for entry in [*CHECKPOINTS.values(), *DIFFUSERS_REPOS.values()]:
         assert entry.revision == "main" or re.fullmatch(r"[0-9a-f]{40}", entry.revision), entry
         assert entry.pinned == (entry.revision != "main")
+
+
+# --------------------------------------------------------------------- ControlNet kinds shared by annotators
+
+from guides.annotators.base import Annotator, AnnotatorOptions  # noqa: E402
+from guides.options import option  # noqa: E402
+from guides.weights.declarations import MB, ControlNet  # noqa: E402
+
+_SOFT = ControlNet(repo="someone/soft", licence="MIT", approx_size=MB, kind="soft-kind")
+_SCRIBBLE = ControlNet(repo="someone/scribble", licence="MIT", approx_size=MB, kind="scribble-kind",
+                       when=(("scribble", True),))
+
+
+@dataclasses.dataclass(frozen=True)
+class _ScribbleOptions(AnnotatorOptions):
+    scribble: bool = option(False, "Scribble.")
+
+
+class _SoftA(Annotator):
+    name = "soft-a"
+    summary = "A."
+    Options = _ScribbleOptions
+    controlnets = (_SCRIBBLE, _SOFT)
+
+    def annotate(self, image):  # type: ignore[no-untyped-def]
+        return image[:, :, 0]
+
+
+class _SoftB(_SoftA):
+    name = "soft-b"
+    summary = "B."
+    controlnets = (_SOFT,)
+
+
+class _SoftClash(_SoftA):
+    name = "soft-clash"
+    summary = "C."
+    controlnets = (dataclasses.replace(_SOFT, repo="someone/other"),)
+
+
+@pytest.fixture
+def plugins(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """``plugins(*class_names)``: those classes of this module registered as plugins for the test."""
+    from guides import registry
+
+    def install(*names: str) -> None:
+        specs = [registry.AnnotatorSpec(getattr(sys.modules[__name__], name).name, f"{__name__}:{name}", package="p")
+                 for name in names]
+        monkeypatch.setattr(registry, "_plugin_entries", lambda: iter(specs))
+        registry.load_registry.cache_clear()
+
+    yield install
+    registry.load_registry.cache_clear()
+
+
+def test_one_kind_declared_by_several_annotators_is_one_controlnet(plugins) -> None:  # type: ignore[no-untyped-def]
+    from guides.diffusion.settings import control_kinds, controlnet, kind_annotator
+    from guides.weights.catalog import declared_controlnets, guide_controlnet
+
+    plugins("_SoftA", "_SoftB")
+    declared = declared_controlnets()
+    assert declared["soft-kind"] == (_SOFT, ("soft-a", "soft-b"))
+    assert declared["scribble-kind"] == (_SCRIBBLE, ("soft-a",))
+    assert control_kinds()[-2:] == ("scribble-kind", "soft-kind")
+    assert controlnet("soft-kind") == _SOFT and kind_annotator("soft-kind") == "soft-a"
+    entry = get_diffusers_repo("controlnet-soft-kind")
+    assert entry is not None and entry.annotators == ("soft-a", "soft-b") and entry.used_by == "generate"
+    # the option values select the ControlNet a guide is meant for: the first whose `when` matches
+    assert guide_controlnet(_SoftA, _ScribbleOptions()) == _SOFT
+    assert guide_controlnet(_SoftA, _ScribbleOptions(scribble=True)) == _SCRIBBLE
+    assert guide_controlnet(_SoftB, _ScribbleOptions(scribble=True)) == _SOFT
+
+
+def test_one_kind_with_different_facts_is_a_declaration_error(plugins) -> None:  # type: ignore[no-untyped-def]
+    from guides.weights.catalog import declared_controlnets
+
+    plugins("_SoftA", "_SoftClash")
+    with pytest.raises(TypeError, match="ControlNet kind 'soft-kind' is declared with different facts by soft-a "
+                                        r"\(someone/soft\) and soft-clash \(someone/other\)"):
+        declared_controlnets()
+
+
+def test_sdxl_controlnets_are_recorded_but_not_generate_kinds() -> None:
+    from guides.diffusion.settings import control_kinds
+
+    sdxl = [repo for repo in DIFFUSERS_REPOS.values() if repo.role == "controlnet" and repo.base != "sd15"]
+    assert [repo.repo for repo in sdxl] == ["TheMistoAI/MistoLine"]
+    assert sdxl[0].guide == "anyline" and sdxl[0].guide not in control_kinds()
+    assert {"softedge", "scribble", "mlsd", "lineart-anime"} <= set(control_kinds())

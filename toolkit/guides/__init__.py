@@ -34,21 +34,24 @@ from .system import tune_allocator  # noqa: E402  (standard library only; never 
 
 __all__ = [
     "Annotator", "AnnotatorOptions", "GuidesError", "InputError", "ModelOptions", "UsageError", "WeightsError",
-    "annotate", "available", "composite", "get", "load", "option", "tune_allocator", *BUILT_IN,
+    "annotate", "available", "composite", "get", "load", "option", "tune_allocator",
+    *(name.replace("-", "_") for name in BUILT_IN),
 ]
 
 
 def __getattr__(name: str) -> Any:
-    """``guides.<annotator>(image, **options)`` for every registered annotator (built in or plugin)."""
+    """``guides.<annotator>(image, **options)`` for every registered annotator (built in or plugin); a
+    dash in the annotator's name is an underscore here (``guides.lineart_anime``)."""
     from .registry import REGISTRY
 
-    if name.startswith("_") or name not in REGISTRY:
+    registered = name.replace("_", "-")
+    if name.startswith("_") or registered not in REGISTRY:
         raise AttributeError(f"module 'guides' has no attribute {name!r}")
-    return annotator_function(name)
+    return annotator_function(registered)
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *available()})
+    return sorted({*globals(), *(name.replace("-", "_") for name in available())})
 
 
 def annotator_function(name: str) -> Any:
@@ -67,7 +70,7 @@ def annotator_function(name: str) -> Any:
     parameters = [inspect.Parameter("image", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     parameters += [inspect.Parameter(info.name, inspect.Parameter.KEYWORD_ONLY, default=info.default) for info in infos]
     function.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    function.__name__ = function.__qualname__ = name
+    function.__name__ = function.__qualname__ = name.replace("-", "_")
     function.__module__ = __name__
     lines = [f"{cls.summary}", "", "Options:"] + [f"    {info.name} (default {info.default!r}): {info.help}" for info in infos]
     function.__doc__ = "\n".join(lines)

@@ -43,6 +43,13 @@ BUILT_IN: Mapping[str, str] = MappingProxyType({
     "normals": "guides.annotators.normals:NormalsAnnotator",
     "sam": "guides.annotators.sam:SamAnnotator",
     "mask": "guides.annotators.mask:MaskAnnotator",
+    "hed": "guides.annotators.hed:HedAnnotator",
+    "pidinet": "guides.annotators.pidinet:PidinetAnnotator",
+    "teed": "guides.annotators.teed:TeedAnnotator",
+    "anyline": "guides.annotators.anyline:AnylineAnnotator",
+    "mlsd": "guides.annotators.mlsd:MlsdAnnotator",
+    "lineart-anime": "guides.annotators.lineart_anime:LineartAnimeAnnotator",
+    "lineart-standard": "guides.annotators.lineart_standard:LineartStandardAnnotator",
 })
 
 

@@ -55,6 +55,7 @@ class CannyAnnotator(Annotator):
             revision="115a470d547982438f70198e353a921996e2e819",
             licence="OpenRAIL (ControlNet v1.1)",
             approx_size=1_450 * MB,
+            in_reference_suite=True,
         ),
     )
 

@@ -179,6 +179,7 @@ class DepthAnnotator(LearnedAnnotator):
             revision="539f99181d33db39cf1af2e517cd8056785f0a87",
             licence="OpenRAIL (ControlNet v1.1)",
             approx_size=1_450 * MB,
+            in_reference_suite=True,
         ),
     )
 

@@ -91,6 +91,7 @@ class LineartAnnotator(LearnedAnnotator):
             revision="8a158f547e031c5b8fbca19ead09a74767ff4db0",
             licence="OpenRAIL (ControlNet v1.1)",
             approx_size=1_450 * MB,
+            in_reference_suite=True,
         ),
     )
 

@@ -71,6 +71,7 @@ class NormalsAnnotator(LearnedAnnotator):
             revision="cb7296e6587a219068e9d65864e38729cd862aa8",
             licence="OpenRAIL (ControlNet v1.1)",
             approx_size=1_450 * MB,
+            in_reference_suite=True,
         ),
     )
 

@@ -47,6 +47,7 @@ class SamAnnotator(SamEngineAnnotator):
             # no commit of mfidabel/controlnet-segment-anything found stated anywhere: main (not pinned)
             licence="unverified: see the model card",
             approx_size=1_450 * MB,
+            in_reference_suite=True,
             scale=0.5,
             allow_patterns=("*.json", "*.safetensors", "*.bin"),
         ),

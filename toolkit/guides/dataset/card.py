@@ -84,11 +84,14 @@ def annotator_lines(entry: AnnotatorEntry) -> list[str]:
     for checkpoint in checkpoints:
         lines.append(f"  - checkpoint `{checkpoint.name}`: `{checkpoint.filename}` from {checkpoint.repo} "
                      f"({_revision(checkpoint)}), licence {checkpoint.licence}")
-    if not cls.controlnets:
+    from ..weights.catalog import guide_controlnet
+
+    controlnet = guide_controlnet(cls, entry.options if entry.options is not None else cls.Options())
+    if controlnet is None:
         lines.append("  - ControlNet: none declared")
-    for controlnet in cls.controlnets:
+    else:
         lines.append(f"  - ControlNet: {controlnet.repo} ({_revision(controlnet)}), licence {controlnet.licence}, "
-                     f"conditioning scale {controlnet.scale:g}")
+                     f"conditioning scale {controlnet.scale:g}" + ("" if controlnet.base == "sd15" else f", {controlnet.base}"))
     return lines
 
 

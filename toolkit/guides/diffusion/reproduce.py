@@ -45,6 +45,7 @@ from .settings import (
     REFERENCE_SETTINGS,
     GenerationSettings,
     expected_file,
+    kind_annotator,
     reference_guide_file,
     reproduce_kinds,
 )
@@ -159,7 +160,7 @@ def guide_plan(options: ReproduceOptions) -> dict[str, dict[str, Any]]:
             continue
         from .. import registry
 
-        spec = registry.get(kind)
+        spec = registry.get(kind_annotator(kind))
         entry: dict[str, Any] = {
             "source": "annotator",
             "annotator": spec.target,
@@ -306,7 +307,7 @@ def _make_guides(options: ReproduceOptions, guides_plan: Mapping[str, Mapping[st
         progress.phase(f"making the {kind} guide")
         entry = guides_plan[kind]
         started = time.perf_counter()
-        annotator = registry.get(kind).load(**_annotator_options(kind, options, set(entry["options"] or {})))
+        annotator = registry.get(kind_annotator(kind)).load(**_annotator_options(kind, options, set(entry["options"] or {})))
         try:
             raw = annotator.annotate(photo)
             loaded = tuple(Path(path) for path in getattr(annotator, "loaded_files", ()))

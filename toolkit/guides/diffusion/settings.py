@@ -11,13 +11,16 @@ What belongs to each guide kind is not written here: it is derived from the anno
 (``Annotator.controlnets``, ``Annotator.checkpoints``, see ``guides.annotators.base``), read from the
 registry when first asked for (functions and read-only mappings below, nothing at import time):
 
-* a guide kind (``control_kinds()``) is a registered annotator that declares a ControlNet, in registry
-  order (built-ins first, then plugins): ``guides generate --control KIND`` accepts each;
-* its ControlNet (``CONTROLNET_MODELS``) is the first one it declares, at that declaration's ``scale``;
-* its checkpoints (``GUIDE_CHECKPOINTS``) are those its default options select;
-* ``guides reproduce`` runs the reference kinds (``reference_kinds()``): the *built-in* guide kinds, each
-  with its stored reference guide ``cutecat_guide_<kind>.png`` and expected image (a plugin's ControlNet can
-  be generated with, but the reference suite has no image of it); then the stack below.
+* a guide kind (``control_kinds()``) is the ``kind`` of a declared SD 1.5 ControlNet (default: the
+  declaring annotator's name; hed, pidinet and teed all declare ``softedge``, hed and pidinet with
+  ``--scribble`` ``scribble``), in registry order (built-ins first, then plugins): ``guides generate
+  --control KIND`` accepts each;
+* its ControlNet (``CONTROLNET_MODELS``) is that declaration, at its ``scale``;
+* its checkpoints (``GUIDE_CHECKPOINTS``) are those the first declaring annotator's default options select;
+* ``guides reproduce`` runs the reference kinds (``reference_kinds()``): the built-in ControlNets marked
+  ``in_reference_suite``, each with its stored reference guide ``cutecat_guide_<kind>.png`` and expected
+  image (other ControlNets can be generated with, but the reference suite has no image of them); then the
+  stack below.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..annotators.base import Annotator
     from ..weights.declarations import ControlNet
 
 #: Base model: SD 1.5. ``runwayml/stable-diffusion-v1-5`` (used for the expected images) left the hub in
@@ -106,23 +108,23 @@ def expected_file(kind: str) -> str:
 # ----------------------------------------------------------------------- derived from the declarations
 
 
-def _guide_classes(builtin_only: bool = False) -> dict[str, type[Annotator]]:
-    """Name -> class of every registered annotator that declares a ControlNet, in registry order (a plugin
-    that cannot be loaded is warned about and skipped, ``registry.loadable_classes``)."""
-    from ..registry import REGISTRY, loadable_classes
+def _kinds(builtin_only: bool = False) -> dict[str, tuple[ControlNet, tuple[str, ...]]]:
+    """Guide kind -> (its ControlNet, the annotators declaring it), registry order; a plugin that cannot be
+    loaded is warned about and skipped (``guides.weights.catalog.declared_controlnets``)."""
+    from ..weights.catalog import declared_controlnets
 
-    registry = {name: spec for name, spec in REGISTRY.items() if spec.builtin or not builtin_only}
-    return {cls.name: cls for cls in loadable_classes(registry) if cls.controlnets}
+    return declared_controlnets(builtin_only=builtin_only)
 
 
 def control_kinds() -> tuple[str, ...]:
-    """The ControlNet guide kinds: every registered annotator declaring a ControlNet, in registry order."""
-    return tuple(_guide_classes())
+    """The guide kinds ``guides generate --control`` takes: every declared SD 1.5 ControlNet's kind, in
+    registry order (SDXL ones, such as anyline's MistoLine, are recorded in the catalog only)."""
+    return tuple(kind for kind, (controlnet, _) in _kinds().items() if controlnet.base == "sd15")
 
 
 def reference_kinds() -> tuple[str, ...]:
-    """The kinds of the reference suite: the built-in annotators declaring a ControlNet, in registry order."""
-    return tuple(_guide_classes(builtin_only=True))
+    """The kinds of the reference suite: built-in ControlNets marked ``in_reference_suite``, registry order."""
+    return tuple(kind for kind, (controlnet, _) in _kinds(builtin_only=True).items() if controlnet.in_reference_suite)
 
 
 def reproduce_kinds() -> tuple[str, ...]:
@@ -131,8 +133,8 @@ def reproduce_kinds() -> tuple[str, ...]:
 
 
 def controlnet(kind: str) -> ControlNet:
-    """The ControlNet of guide kind ``kind``: the first its annotator declares (KeyError if none)."""
-    return _guide_classes()[kind].controlnets[0]
+    """The ControlNet of guide kind ``kind`` (KeyError if no annotator declares it)."""
+    return _kinds()[kind][0]
 
 
 def controlnet_scale(kind: str) -> float:
@@ -140,12 +142,17 @@ def controlnet_scale(kind: str) -> float:
     return controlnet(kind).scale
 
 
+def kind_annotator(kind: str) -> str:
+    """The annotator that makes guides of ``kind``: the first declaring it (``softedge``: hed)."""
+    return _kinds()[kind][1][0]
+
+
 def guide_checkpoints(kind: str) -> tuple[str, ...]:
-    """Names of the checkpoints (``guides.weights.catalog.CHECKPOINTS``) annotator ``kind`` loads with its
-    default options (``Annotator.checkpoint_names``)."""
+    """Names of the checkpoints (``guides.weights.catalog.CHECKPOINTS``) the annotator of ``kind``
+    (``kind_annotator``) loads with its default options (``Annotator.checkpoint_names``)."""
     from ..registry import get
 
-    cls = get(kind).annotator_class()
+    cls = get(kind_annotator(kind)).annotator_class()
     return cls.checkpoint_names(cls.Options())
 
 
@@ -170,16 +177,15 @@ class _Derived(Mapping):  # type: ignore[type-arg]
 
 
 def _controlnet_models() -> dict[str, str]:
-    return {kind: cls.controlnets[0].repo for kind, cls in _guide_classes().items()}
+    return {kind: controlnet(kind).repo for kind in control_kinds()}
 
 
 def _guide_checkpoints() -> dict[str, tuple[str, ...]]:
-    return {kind: cls.checkpoint_names(cls.Options()) for kind, cls in _guide_classes().items()}
+    return {kind: guide_checkpoints(kind) for kind in control_kinds()}
 
 
 def _reference_controls() -> dict[str, tuple[tuple[str, float], ...]]:
-    classes = _guide_classes(builtin_only=True)
-    return {**{kind: ((kind, cls.controlnets[0].scale),) for kind, cls in classes.items()}, STACK_KIND: STACK}
+    return {**{kind: ((kind, controlnet(kind).scale),) for kind in reference_kinds()}, STACK_KIND: STACK}
 
 
 #: ControlNet per guide kind (hub ids, diffusers format): the first ControlNet each annotator declares.

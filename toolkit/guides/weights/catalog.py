@@ -83,13 +83,41 @@ def _declared_checkpoints() -> dict[str, Checkpoint]:
 
 def _declared_repositories() -> dict[str, DiffusersRepo]:
     found = {repo.name: repo for repo in BASE_MODELS}
-    for cls in _annotator_classes():
-        for controlnet in cls.controlnets:
-            repo = controlnet.repository(cls.name)
-            if repo.name in found:
-                raise TypeError(f"diffusers repository {repo.name!r} is declared twice")
-            found[repo.name] = repo
+    for kind, (controlnet, annotators) in declared_controlnets().items():
+        repo = controlnet.repository(kind, annotators)
+        if repo.name in found:
+            raise TypeError(f"diffusers repository {repo.name!r} is declared twice")
+        found[repo.name] = repo
     return found
+
+
+def declared_controlnets(builtin_only: bool = False) -> dict[str, tuple[ControlNet, tuple[str, ...]]]:
+    """Guide kind -> (its ControlNet, the annotators declaring it), in registry order (built-ins first).
+
+    Several annotators may declare one kind (hed, pidinet, teed: ``softedge``), with the same facts apart
+    from ``when``; anything else is a declaration error (``TypeError``)."""
+    from guides.registry import REGISTRY, loadable_classes
+
+    registry = {name: spec for name, spec in REGISTRY.items() if spec.builtin or not builtin_only}
+    found: dict[str, tuple[ControlNet, tuple[str, ...]]] = {}
+    for cls in loadable_classes(registry):
+        for controlnet in cls.controlnets:
+            kind = controlnet.kind_for(cls.name)
+            known = found.get(kind)
+            if known is None:
+                found[kind] = (controlnet, (cls.name,))
+            elif not known[0].same_facts(controlnet):
+                raise TypeError(f"ControlNet kind {kind!r} is declared with different facts by "
+                                f"{', '.join(known[1])} ({known[0].repo}) and {cls.name} ({controlnet.repo})")
+            elif cls.name not in known[1]:
+                found[kind] = (known[0], (*known[1], cls.name))
+    return found
+
+
+def guide_controlnet(cls: type, options: object) -> ControlNet | None:
+    """The ControlNet a guide of annotator class ``cls`` made with ``options`` is meant for: the first it
+    declares whose ``when`` matches (``None``: none)."""
+    return next((controlnet for controlnet in cls.controlnets if controlnet.selected_by(options)), None)
 
 
 class _Declared(Mapping):  # type: ignore[type-arg]

@@ -11,10 +11,10 @@ is known, and ``guides models list`` says so ("main (not pinned)").
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-Container = Literal["state_dict", "model_dict"]
+Container = Literal["state_dict", "model_dict", "state_dict_entry"]
 
 #: Where ``--models-dir`` is read from when not given (a flat folder of checkpoints under their hub file names).
 MODELS_DIR_ENV = "GUIDES_MODELS_DIR"
@@ -42,11 +42,13 @@ SAM_COMMIT = "7790786db131bcdc639f24a915d9f2c331d843ee"
 class Checkpoint:
     """One checkpoint file and everything needed to find, check and load it.
 
-    ``container``: ``"state_dict"`` (the file is the state dict) or ``"model_dict"`` (a dict holding the
-    state dict under ``"model"``). ``may_have_module_prefix``: keys may start with ``module.`` (saved from
-    ``nn.DataParallel``). ``size``: exact bytes, checked on download and by ``guides models verify``.
-    ``sha256``: full hex digest where known. ``md5_prefix``: the start of the MD5 digest that the file name
-    carries (SAM's ``sam_vit_h_4b8939.pth``: MD5 ``4b8939a8...``; measured sources agree it is MD5, not sha256).
+    ``container``: ``"state_dict"`` (the file is the state dict), ``"model_dict"`` (a dict holding the
+    state dict under ``"model"``) or ``"state_dict_entry"`` (a dict holding it under ``"state_dict"``, as
+    training scripts save a checkpoint with its epoch: PiDiNet's ``table5_pidinet.pth``).
+    ``may_have_module_prefix``: keys may start with ``module.`` (saved from ``nn.DataParallel``). ``size``:
+    exact bytes, checked on download and by ``guides models verify``. ``sha256``: full hex digest where
+    known. ``md5_prefix``: the start of the MD5 digest that the file name carries (SAM's
+    ``sam_vit_h_4b8939.pth``: MD5 ``4b8939a8...``; measured sources agree it is MD5, not sha256).
     """
 
     name: str
@@ -122,8 +124,13 @@ class DiffusersRepo:
     approx_size: int
     revision: str = "main"
     guide: str | None = None
+    """The guide kind of a ControlNet (``guides generate --control KIND``)."""
     scale: float | None = None
     """ControlNet conditioning scale of the reference runs (ControlNets only)."""
+    annotators: tuple[str, ...] = ()
+    """The annotators whose guides are meant for this ControlNet (ControlNets only), registry order."""
+    base: str = "sd15"
+    """The base model family (``sd15``, ``sdxl``)."""
     # Files worth fetching: diffusers needs configs and one weights variant, not every format in the repo.
     allow_patterns: tuple[str, ...] = field(default=("*.json", "*.txt", "*.safetensors"))
 
@@ -162,11 +169,35 @@ class ControlNet:
     scale: float = 0.5
     name: str | None = None
     allow_patterns: tuple[str, ...] = ("*.json", "diffusion_pytorch_model.safetensors")
+    kind: str | None = None
+    """The guide kind ``guides generate --control KIND`` names (default: the annotator's name); several
+    annotators may declare one kind (hed, pidinet and teed: ``softedge``) with the same facts."""
+    when: tuple[tuple[str, object], ...] = ()
+    """The option values under which the guide is meant for this ControlNet (hed ``(("scribble", True),)``);
+    empty: always. The first declared ControlNet whose ``when`` matches is the guide's ControlNet."""
+    base: str = "sd15"
+    """The base model family (``sd15``; ``sdxl`` ones are recorded, ``guides generate`` runs SD 1.5 only)."""
+    in_reference_suite: bool = False
+    """Whether ``refs/`` holds this kind's reference guide and expected image (``guides reproduce`` runs it)."""
 
-    def repository(self, guide: str) -> DiffusersRepo:
-        """This ControlNet as the catalog's entry for annotator ``guide``."""
+    def selected_by(self, options: object) -> bool:
+        """Whether a guide made with ``options`` is meant for this ControlNet (every ``when`` pair matches)."""
+        return all(getattr(options, name, None) == value for name, value in self.when)
+
+    def kind_for(self, annotator: str) -> str:
+        """The guide kind of this ControlNet when annotator ``annotator`` declares it (``kind`` or that name)."""
+        return self.kind or annotator
+
+    def same_facts(self, other: ControlNet) -> bool:
+        """Whether ``other`` declares the same ControlNet (everything but ``when``, which is per annotator)."""
+        return replace(self, when=()) == replace(other, when=())
+
+    def repository(self, kind: str, annotators: tuple[str, ...]) -> DiffusersRepo:
+        """This ControlNet as the catalog's entry for guide kind ``kind``, made by ``annotators``."""
         return DiffusersRepo(
-            name=self.name or f"controlnet-{guide}", repo=self.repo, role="controlnet", licence=self.licence,
-            used_by="generate, reproduce", approx_size=self.approx_size, revision=self.revision, guide=guide,
-            scale=self.scale, allow_patterns=self.allow_patterns,
+            name=self.name or f"controlnet-{kind}", repo=self.repo, role="controlnet", licence=self.licence,
+            used_by="generate, reproduce" if self.in_reference_suite else (
+                "generate" if self.base == "sd15" else f"nothing here ({self.base}; recorded)"),
+            approx_size=self.approx_size, revision=self.revision, guide=kind, scale=self.scale,
+            allow_patterns=self.allow_patterns, annotators=annotators, base=self.base,
         )

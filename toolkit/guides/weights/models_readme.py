@@ -154,6 +154,18 @@ def _users(classes: list[type]) -> dict[str, list[str]]:
     return users
 
 
+def _repo_users(repo: DiffusersRepo) -> str:
+    """Who uses a diffusers repository: the guides meant for it (a ControlNet) and the commands loading it."""
+    commands = ", ".join(f"`guides {command.strip()}`" for command in repo.used_by.split(",") if command.strip())
+    if repo.role != "controlnet":
+        return commands
+    made_by = ", ".join(f"`guides {name}`" for name in repo.annotators)
+    kind = f"kind `{repo.guide}`: {made_by} guides (scale {repo.scale:g})"
+    if repo.base != "sd15":
+        return f"{kind}; {repo.base}, recorded only (`guides generate` runs SD 1.5)"
+    return f"{kind}; {commands}"
+
+
 def _enumeration(items: Iterable[str]) -> str:
     """``a``, ``a and b``, ``a, b and c``."""
     names = list(dict.fromkeys(items))
@@ -204,7 +216,7 @@ def render() -> str:
     catalog = dict(CHECKPOINTS)
     checkpoints = [catalog[name] for name in dict.fromkeys(names)]
     guides = {cls.name for cls in classes}
-    repositories = [repo for repo in DIFFUSERS_REPOS.values() if repo.role == "base" or repo.guide in guides]
+    repositories = [repo for repo in DIFFUSERS_REPOS.values() if repo.role == "base" or guides.intersection(repo.annotators)]
     users = _users(classes)
 
     lines = [_INTRO, "", "## Annotator checkpoints", ""]
@@ -237,8 +249,7 @@ def render() -> str:
                 _revision(r),
                 f"{r.approx_size / 1e9:g} GB",
                 r.licence,
-                (f"`guides {r.guide}` guides (scale {r.scale:g}); " if r.guide else "")
-                + ", ".join(f"`guides {command.strip()}`" for command in r.used_by.split(",")),
+                _repo_users(r),
                 ", ".join(f"`{pattern}`" for pattern in r.allow_patterns),
             )
             for r in repositories
