@@ -42,6 +42,21 @@ KNOWN_FILES = {
     (SAM, "checkpoints/sam_vit_l_0b3195.pth"): dict(
         container="state_dict", size=1_249_524_607, revision="main", md5_prefix="0b3195",
         sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+    (ANNOTATORS, "ControlNetHED.pth"): dict(
+        container="state_dict", size=29_444_406, revision=ANNOTATORS_COMMIT,
+        sha256="5ca93762ffd68a29fee1af9d495bf6aab80ae86f08905fb35472a083a4c7a8fa"),
+    (ANNOTATORS, "table5_pidinet.pth"): dict(
+        container="state_dict_entry", size=None, revision="main", key_filters=("strip_module_prefix",),
+        sha256="80860ac267258b5f27486e0ef152a211d0b08120f62aeb185a050acc30da486c"),
+    ("fal-ai/teed", "5_model.pth"): dict(container="state_dict", size=None,
+                                         revision="5fd20d8c3641d666b3f6d1d00b977f2f83bc54d4"),
+    ("TheMistoAI/MistoLine", "Anyline/MTEED.pth"): dict(
+        container="state_dict", size=248_298, revision="344915650d49be75168c2c20e67bb18cb4341ae3",
+        sha256="a3c2d8a8ce9422555c787160bd46362d761325a565333c0e3f6a53e0bae2abdb"),
+    (ANNOTATORS, "mlsd_large_512_fp32.pth"): dict(container="state_dict", size=None, revision="main"),
+    (ANNOTATORS, "netG.pth"): dict(
+        container="state_dict", size=217_631_959, revision="main", key_filters=("strip_module_prefix",),
+        sha256="ccabdcc3f5cf3c07cf65d58776acb21df7dfda825cdc70c9766a93fd62bfc488"),
     (SAM, "checkpoints/sam_vit_b_01ec64.pth"): dict(
         container="state_dict", size=375_042_383, revision=SAM_COMMIT, md5_prefix="01ec64",
         sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
@@ -55,6 +70,11 @@ KNOWN_REPOSITORIES = {
     "lllyasviel/control_v11p_sd15_lineart": "8a158f547e031c5b8fbca19ead09a74767ff4db0",
     "lllyasviel/control_v11p_sd15_normalbae": "cb7296e6587a219068e9d65864e38729cd862aa8",
     "mfidabel/controlnet-segment-anything": "main",
+    "lllyasviel/control_v11p_sd15_scribble": "main",
+    "lllyasviel/control_v11p_sd15_softedge": "b5bcad0c48e9b12f091968cf5eadbb89402d6bc9",
+    "TheMistoAI/MistoLine": "344915650d49be75168c2c20e67bb18cb4341ae3",
+    "lllyasviel/control_v11p_sd15_mlsd": "main",
+    "lllyasviel/control_v11p_sd15s2_lineart_anime": "main",
 }
 
 
@@ -111,7 +131,7 @@ def test_the_known_files_are_declared_with_their_recorded_facts():
 
 def test_every_checkpoint_records_licence_use_and_size():
     for entry in CHECKPOINTS.values():
-        assert entry.licence and entry.used_by and entry.size_hint > 1_000_000, entry
+        assert entry.licence and entry.used_by and entry.size_hint > 200_000, entry  # TEED's: about 250 kB
         assert (entry.size is None) != (entry.approx_size is None), entry
         assert all(name in KEY_FILTERS for name in entry.key_filters), entry
 
@@ -157,8 +177,8 @@ def test_diffusers_repos_are_the_base_model_and_each_declared_controlnet():
 
 
 def test_the_known_repositories_are_declared_at_their_stated_commits():
-    builtin = {repo.repo: repo for repo in DIFFUSERS_REPOS.values() if repo.role == "base" or repo.guide in
-               {cls.name for cls in builtin_classes()}}
+    builtin = {repo.repo: repo for repo in DIFFUSERS_REPOS.values() if repo.role == "base" or
+               {cls.name for cls in builtin_classes()}.intersection(repo.annotators)}
     assert {repo: entry.revision for repo, entry in builtin.items()} == KNOWN_REPOSITORIES
     for entry in builtin.values():
         assert entry.licence and entry.approx_size > 1_000_000_000 and entry.allow_patterns, entry

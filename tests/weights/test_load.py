@@ -318,6 +318,24 @@ def test_wrong_container_is_explained(tmp_path, reference):
         read_state_dict(plain, container="model_dict")
 
 
+def test_state_dict_entry_container_unwraps_and_names_a_file_without_it(tmp_path, reference, sample):
+    """``{"state_dict": ..., "epoch": ...}`` (PiDiNet's table5_pidinet.pth, with ``module.`` keys) loads;
+    a file without the ``"state_dict"`` key, or a plain one, is a WeightsError naming the file."""
+    path = tmp_path / "table5_pidinet.pth"
+    torch.save({"epoch": 14, "state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, path)
+    net = load_checkpoint_into(TinyNet, path, container="state_dict_entry", key_filters=["strip_module_prefix"])
+    with torch.no_grad():
+        assert torch.equal(net(sample), reference(sample))
+    with pytest.raises(WeightsError, match="container='state_dict_entry' expected"):
+        read_state_dict(path, container="state_dict")
+    for name, content in (("model.pth", {"model": reference.state_dict()}), ("plain.pth", reference.state_dict())):
+        lacking = tmp_path / name
+        torch.save(content, lacking)
+        with pytest.raises(WeightsError) as raised:
+            read_state_dict(lacking, container="state_dict_entry")
+        assert str(raised.value).startswith(f"{lacking}: expected a dict holding the weights under 'state_dict'")
+
+
 def test_strip_module_prefix_when_every_key_has_it():
     sd = {"module.a": torch.zeros(1), "module.b.c": torch.ones(1)}
     assert list(strip_module_prefix(sd)) == ["a", "b.c"]

@@ -6,12 +6,38 @@ annotators define it.
 * ``scribble``: turn a soft-edge guide (uint8) into a binary scribble (``--scribble``): non-maximum
   suppression of the blurred map along four directions, threshold 127, a blur of sigma 3 and every pixel
   above 4 set to 255 (the rest 0).
+
+And the two ControlNets these guides are meant for, declared once here for every soft-edge annotator
+(one guide kind, one set of facts): ``SOFTEDGE_CONTROLNET`` and, with ``--scribble``, ``SCRIBBLE_CONTROLNET``.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from ..weights.declarations import MB, ControlNet
+
+#: The ControlNet of soft-edge guides (kind ``softedge``: hed, pidinet, teed).
+SOFTEDGE_CONTROLNET = ControlNet(
+    kind="softedge",
+    repo="lllyasviel/control_v11p_sd15_softedge",
+    # stated: https://huggingface.co/lllyasviel/control_v11p_sd15_softedge/resolve/b5bcad0c48e9b12f091968cf5eadbb89402d6bc9/diffusion_pytorch_model.fp16.safetensors
+    # (imaginAIry's ControlNet configs, as for canny's commit)
+    revision="b5bcad0c48e9b12f091968cf5eadbb89402d6bc9",
+    licence="OpenRAIL (ControlNet v1.1)",
+    approx_size=1_450 * MB,
+)
+
+#: The ControlNet of scribbles (kind ``scribble``: hed and pidinet with ``--scribble``).
+SCRIBBLE_CONTROLNET = ControlNet(
+    kind="scribble",
+    when=(("scribble", True),),
+    repo="lllyasviel/control_v11p_sd15_scribble",
+    # no public source found stating a commit of this repository: main (not pinned)
+    licence="OpenRAIL (ControlNet v1.1)",
+    approx_size=1_450 * MB,
+)
 
 #: The four 3x3 line kernels (horizontal, vertical, both diagonals) of the non-maximum suppression.
 _NMS_KERNELS = (

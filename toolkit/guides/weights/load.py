@@ -33,7 +33,7 @@ StateDict = dict[str, "torch.Tensor"]
 KeyFilter = Callable[[StateDict, "nn.Module"], StateDict]
 KeyFilterSpec = Union[str, KeyFilter]
 
-CONTAINERS = ("state_dict", "model_dict")
+CONTAINERS = ("state_dict", "model_dict", "state_dict_entry")
 _SHOWN_KEYS = 8  # keys listed in an error message before "... and N more"
 
 
@@ -129,6 +129,21 @@ def unwrap_model_dict(obj: Any, *, path: str | Path = "checkpoint") -> Any:
     return obj["model"]
 
 
+def unwrap_state_dict_entry(obj: Any, *, path: str | Path = "checkpoint") -> Any:
+    """Key transformation: a ``{"state_dict": state_dict, ...}`` container -> the state dict inside it.
+
+    PiDiNet (``table5_pidinet.pth``) is saved that way, as training scripts save a checkpoint. Other top-level
+    entries (training bookkeeping) are not weights and are ignored, with a debug log.
+    """
+    if not isinstance(obj, Mapping) or "state_dict" not in obj:
+        found = "keys " + _key_list([str(k) for k in obj]) if isinstance(obj, Mapping) else type(obj).__name__
+        raise WeightsError(f"{path}: expected a dict holding the weights under 'state_dict', found {found}")
+    others = [str(k) for k in obj if k != "state_dict"]
+    if others:
+        log.debug("%s: ignoring top-level entries %s next to 'state_dict'", path, others)
+    return obj["state_dict"]
+
+
 def _check_state_dict(obj: Any, path: str | Path) -> StateDict:
     import torch
 
@@ -139,6 +154,11 @@ def _check_state_dict(obj: Any, path: str | Path) -> StateDict:
             f"{path}: the weights are wrapped in a dict under 'model' but the catalog says plain state dict "
             f"(container='model_dict' expected)"
         )
+    if isinstance(obj.get("state_dict"), Mapping):
+        raise WeightsError(
+            f"{path}: the weights are wrapped in a dict under 'state_dict' but the catalog says plain state "
+            f"dict (container='state_dict_entry' expected)"
+        )
     not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor) or not isinstance(k, str)]
     if not_tensors:
         raise WeightsError(f"{path}: entries that are not tensors: {_key_list(not_tensors)}")
@@ -148,14 +168,17 @@ def _check_state_dict(obj: Any, path: str | Path) -> StateDict:
 def read_state_dict(path: str | Path, *, container: str, mmap: bool = True) -> StateDict:
     """Read a checkpoint file safely and return its state dict (name -> tensor, memory-mapped).
 
-    ``container`` is ``"state_dict"`` (the file is the state dict) or ``"model_dict"`` (the state dict is
-    under ``"model"``, unwrapped by ``unwrap_model_dict``).
+    ``container`` is ``"state_dict"`` (the file is the state dict), ``"model_dict"`` (the state dict is
+    under ``"model"``, unwrapped by ``unwrap_model_dict``) or ``"state_dict_entry"`` (under
+    ``"state_dict"``, unwrapped by ``unwrap_state_dict_entry``).
     """
     if container not in CONTAINERS:
         raise ValueError(f"container must be one of {CONTAINERS}, not {container!r}")
     obj = read_checkpoint_file(path, mmap=mmap)
     if container == "model_dict":
         obj = unwrap_model_dict(obj, path=path)
+    elif container == "state_dict_entry":
+        obj = unwrap_state_dict_entry(obj, path=path)
     return _check_state_dict(obj, path)
 
 
@@ -374,10 +397,10 @@ def load_checkpoint_into(
 ) -> nn.Module:
     """Build the network ``factory()`` returns and load the checkpoint at ``path`` into it, strictly.
 
-    ``container``: ``"state_dict"`` or ``"model_dict"``. ``key_filters``: named transformations (functions
-    or their names in ``KEY_FILTERS``) applied in order before the strict key check. The network is built
-    without random initialisation of its parameters and receives the memory-mapped tensors of the file;
-    it is returned in eval mode on the CPU.
+    ``container``: ``"state_dict"``, ``"model_dict"`` or ``"state_dict_entry"``. ``key_filters``: named
+    transformations (functions or their names in ``KEY_FILTERS``) applied in order before the strict key
+    check. The network is built without random initialisation of its parameters and receives the
+    memory-mapped tensors of the file; it is returned in eval mode on the CPU.
     """
     state_dict = read_state_dict(path, container=container)
     return load_state_dict_into(factory, state_dict, key_filters=key_filters, path=path)

@@ -179,11 +179,14 @@ def _formats(checkpoints: list[Checkpoint]) -> str:
 
     plain = [c for c in checkpoints if c.container == "state_dict"]
     wrapped = [c for c in checkpoints if c.container == "model_dict"]
-    parts = []
+    parts: list[str] = []
     if plain:
         parts.append(f"{files(plain)} {'is a plain state dict' if len(plain) == 1 else 'are plain state dicts'}")
     if wrapped:
         parts.append(f"{files(wrapped)} {'holds' if len(wrapped) == 1 else 'hold'} the state dict under `\"model\"`")
+    entry = [c for c in checkpoints if c.container == "state_dict_entry"]
+    if entry:
+        parts.append(f"{files(entry)} {'holds' if len(entry) == 1 else 'hold'} it under `\"state_dict\"`")
     sentences = ["Formats: " + "; ".join(parts) + "."] if parts else []
     filters: dict[str, list[Checkpoint]] = {}
     for checkpoint in checkpoints:
