@@ -36,9 +36,9 @@ from torch import nn
 
 def smish(x: torch.Tensor) -> torch.Tensor:
     """``x * tanh(log(1 + sigmoid(x)))``, computed as ``x * s (s + 2) / (s (s + 2) + 2)``, ``s = sigmoid(x)``."""
-    s = torch.sigmoid(x)
-    t = s * (s + 2)
-    return x * t / (t + 2)
+    t = torch.sigmoid(x)
+    t.mul_(t + 2)  # s (s + 2)
+    return t.div_(t + 2).mul_(x)  # two full-size temporaries instead of five
 
 
 class DoubleConv(nn.Module):
