@@ -123,6 +123,8 @@ def _revision(entry: Checkpoint | DiffusersRepo) -> str:
 def _size(entry: Checkpoint) -> str:
     if entry.size is not None:
         return f"{entry.size:,}"
+    if entry.size_hint < 1_000_000:
+        return f"about {entry.size_hint / 1e3:,.0f} kB (not recorded)"
     return f"about {entry.size_hint / 1e6:,.0f} MB (not recorded)"
 
 
