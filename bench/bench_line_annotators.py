@@ -52,6 +52,8 @@ class Contender:
     """``state_dict``; ``module_state_dict`` (``module.`` keys); ``pidinet`` (``{"state_dict": module.*}``)."""
     call: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keyword arguments of the reference call besides ``output_type``."""
+    inverted: bool = False
+    """The reference's guide is the inverse of ours (lineart-anime: ours dark lines on white by default)."""
 
 
 CONTENDERS = (
@@ -76,7 +78,7 @@ CONTENDERS = (
               "track_running_stats=False), use_dropout=False)",
               "LineartAnimeDetector(net)",
               "import functools\nfrom controlnet_aux.lineart_anime import LineartAnimeDetector, UnetGenerator",
-              container="module_state_dict", call={"detect_resolution": 512, "image_resolution": 512}),
+              container="module_state_dict", call={"detect_resolution": 512, "image_resolution": 512}, inverted=True),
 )
 
 
@@ -126,6 +128,7 @@ def per_image(contender: Contender, models: Path, rounds: int) -> tuple[float, f
     image = photo(1)
     a, b = ours.annotate(image), detector(image, output_type="np", **contender.call)  # warm-up
     b = b[..., 0] if b.ndim == 3 else b
+    b = 255 - b if contender.inverted else b
     if b.shape != a.shape:
         import cv2
 
@@ -162,14 +165,16 @@ for path in sorted(Path(sys.argv[2]).iterdir()):
 
 
 def child(command: list[str]) -> tuple[float, float]:
-    """(wall s, peak RSS MiB) of one child process."""
+    """(wall s, peak RSS MiB) of one child process. The peak comes from ``/usr/bin/time -f %M``: Linux
+    carries a forking process's high-water mark into its child across ``exec`` (``wait4`` would report this
+    big benchmark process's peak for every child), while ``time``'s own child starts from a small process."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    process = subprocess.run(["/usr/bin/time", "-f", "%M", *command], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - started
-    if status != 0:
-        raise RuntimeError(f"{command[:3]} failed: {process.stderr.read().decode()[-2000:] if process.stderr else ''}")
-    return elapsed, usage.ru_maxrss / 1024
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed: {process.stderr[-2000:]}")
+    return elapsed, int(process.stderr.strip().splitlines()[-1]) / 1024
 
 
 def end_to_end(contender: Contender, models: Path, folder: Path, work: Path) -> tuple[float, float, float, float]:

@@ -326,6 +326,69 @@ def _lineart(call: Call) -> None:
     assert written.mode == "L" and written.size == (80, 64)
 
 
+def _line_network(command: str) -> tuple[str, dict]:
+    """(public file name, its on-disk contents) of a random reference network of ``command``."""
+    import functools
+
+    import torch
+
+    torch.manual_seed(0)
+    if command == "hed":
+        from controlnet_aux.hed import ControlNetHED_Apache2
+
+        return "ControlNetHED.pth", ControlNetHED_Apache2().state_dict()
+    if command == "pidinet":
+        from controlnet_aux.pidi.model import pidinet
+
+        return "table5_pidinet.pth", {"state_dict": {f"module.{k}": v for k, v in pidinet().state_dict().items()}}
+    if command in ("teed", "anyline"):
+        from controlnet_aux.teed.ted import TED
+
+        return ("5_model.pth" if command == "teed" else "MTEED.pth"), TED().state_dict()
+    if command == "mlsd":
+        from controlnet_aux.mlsd.models.mbv2_mlsd_large import MobileV2_MLSD_Large
+
+        return "mlsd_large_512_fp32.pth", MobileV2_MLSD_Large().state_dict()
+    from controlnet_aux.lineart_anime import UnetGenerator
+
+    norm = functools.partial(torch.nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    network = UnetGenerator(3, 1, 8, 64, norm_layer=norm, use_dropout=False)
+    return "netG.pth", {f"module.{k}": v for k, v in network.state_dict().items()}
+
+
+def _line_annotator_call(command: str) -> Callable[[Call], None]:
+    def call_it(call: Call) -> None:
+        import torch
+
+        filename, contents = _line_network(command)
+        models = call.tmp / "models"
+        models.mkdir()
+        torch.save(contents, models / filename)
+        photo = call.photo()
+        call.guides(command, photo, "--models-dir", models, "--resolution", "64", "--device", "cpu",
+                    "-o", call.tmp / "guide.png", "-q", code=0)
+        written = Image.open(call.tmp / "guide.png")
+        assert written.mode == "L" and written.size == (80, 64)
+        _without_weights(call, command, filename)
+
+    return call_it
+
+
+for _command in ("hed", "pidinet", "teed", "anyline", "mlsd", "lineart-anime"):
+    real_call(_command, _command)(_line_annotator_call(_command))
+
+
+@real_call("lineart-standard", "lineart-standard")
+def _lineart_standard(call: Call) -> None:
+    from guides.registry import get
+
+    photo = call.photo()
+    call.guides("lineart-standard", photo, "--resolution", "64", "-o", call.tmp / "lines.png", "-q", code=0)
+    written = np.asarray(Image.open(call.tmp / "lines.png"))
+    expected = get("lineart-standard").load(resolution=64).annotate(np.asarray(Image.open(photo).convert("RGB")))
+    assert np.array_equal(written, expected)
+
+
 def _without_weights(call: Call, command: str, filename: str) -> None:
     """No checkpoint anywhere: one ``error:`` line naming the file, exit 2, no download started."""
     (call.tmp / "no-models").mkdir()

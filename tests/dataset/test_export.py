@@ -308,7 +308,7 @@ def test_the_card_says_what_each_annotator_declares() -> None:
     """Summary, checkpoints (with the options' selection) and ControlNet on the card come from the declarations."""
     from guides.dataset.card import annotator_lines, describe_model_files
     from guides.registry import REGISTRY
-    from guides.weights.catalog import CHECKPOINTS
+    from guides.weights.catalog import CHECKPOINTS, guide_controlnet
 
     for name in REGISTRY:
         [entry] = registry_entries([name])
@@ -322,8 +322,11 @@ def test_the_card_says_what_each_annotator_declares() -> None:
         unselected = [c.name for c in cls.checkpoints if c.name not in selected]
         assert not any(f"checkpoint `{n}`:" in text for n in unselected), (name, text)
         assert ("checkpoints: none" in text) == (not selected), text
+        meant_for = guide_controlnet(cls, entry.options)  # the ControlNet its options' guide is meant for
         for controlnet in cls.controlnets:
-            assert controlnet.repo in text and controlnet.licence in text and f"scale {controlnet.scale:g}" in text
+            assert (controlnet.repo in text) == (controlnet == meant_for), (name, text)
+        if meant_for is not None:
+            assert meant_for.licence in text and f"scale {meant_for.scale:g}" in text
         assert ("ControlNet: none declared" in text) == (not cls.controlnets), text
         # Loaded elsewhere (Ray): the declared checkpoints its options select.
         assert [item["file"] for item in describe_model_files(name, None, entry.options)] == [

@@ -39,6 +39,9 @@ CONTEXT_CONTROLNETS = {
     "sam": "mfidabel/controlnet-segment-anything",
 }
 CONTEXT_SCALE = 0.5
+#: The SD 1.5 kinds of the soft-edge and line annotators (issue 14), in registry order: generated with, not
+#: reproduced (the reference folder has no image of them).
+LINE_KINDS = ("scribble", "softedge", "mlsd", "lineart-anime")
 
 
 def declared_controlnets() -> dict[str, str]:
@@ -72,13 +75,14 @@ def test_every_reference_kind_has_a_reference_guide_and_an_expected_image(refs: 
 
 
 def test_guide_checkpoints_are_what_each_annotator_selects_by_default() -> None:
-    from guides.diffusion.settings import GUIDE_CHECKPOINTS, control_kinds
+    from guides.diffusion.settings import GUIDE_CHECKPOINTS, control_kinds, kind_annotator
     from guides.registry import get
     from guides.weights.catalog import CHECKPOINTS
 
     assert list(GUIDE_CHECKPOINTS) == list(control_kinds())
+    assert kind_annotator("softedge") == "hed" and kind_annotator("scribble") == "hed"
     for kind, names in GUIDE_CHECKPOINTS.items():
-        cls = get(kind).annotator_class()
+        cls = get(kind_annotator(kind)).annotator_class()
         assert names == cls.checkpoint_names(cls.Options()) and all(name in CHECKPOINTS for name in names), kind
 
 
@@ -352,7 +356,7 @@ def test_a_plugins_controlnet_is_a_guide_kind_for_generate_but_not_reproduced(
         plugin, synthetic_refs: Path, offline_hub: Path, guides_cli, tmp_path: Path) -> None:
     from guides.diffusion.settings import CONTROLNET_MODELS, control_kinds, controlnet_scale, reproduce_kinds
 
-    assert control_kinds() == (*CONTEXT_CONTROLNETS, "plugin-edges")
+    assert control_kinds() == (*CONTEXT_CONTROLNETS, *LINE_KINDS, "plugin-edges")
     assert CONTROLNET_MODELS["plugin-edges"] == "someone/controlnet-edges" and controlnet_scale("plugin-edges") == 0.8
     assert reproduce_kinds() == (*CONTEXT_CONTROLNETS, "stack")
     # generate accepts the plugin's kind (and fails later, on the missing models, exit 2 naming its ControlNet)
