@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import guides
+from tests.annotators.parity import agreement
 from guides.annotators.hed import HedAnnotator, HedOptions
 from guides.errors import DeviceError, InputError, UsageError, WeightsError
 from guides.registry import get
@@ -74,11 +75,6 @@ def reference_pipeline(network: torch.nn.Module, image: np.ndarray, resolution: 
     assert out.ndim == 3 and (out[..., 0] == out[..., 2]).all()
     interpolation = cv2.INTER_NEAREST if scribble else cv2.INTER_LINEAR
     return cv2.resize(out[..., 0], (image.shape[1], image.shape[0]), interpolation=interpolation)
-
-
-def agreement(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, int]:
-    diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
-    return float((diff <= 1).mean()), int(diff.max())
 
 
 @pytest.fixture(scope="module")

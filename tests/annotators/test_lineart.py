@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import guides
+from tests.annotators.parity import Capture, agreement
 from guides.annotators.learned import pad_to_multiple, working_size
 from guides.annotators.lineart import LineartAnnotator, LineartOptions
 from tests.cli_testing import invoke
@@ -75,24 +76,6 @@ def reference_pipeline(model: torch.nn.Module, image: np.ndarray, resolution: in
     assert out.ndim == 3 and (out[..., 0] == out[..., 2]).all()
     raw = 255 - out[..., 0]
     return cv2.resize(raw, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-
-
-def agreement(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, int]:
-    diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
-    return float((diff <= 1).mean()), int(diff.max())
-
-
-class Capture:
-    """Records a module's input and output on its next forward."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.handle = module.register_forward_hook(self._hook)
-        self.input: torch.Tensor | None = None
-        self.output: torch.Tensor | None = None
-
-    def _hook(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        self.input, self.output = args[0].detach().clone(), output.detach().clone()
-        self.handle.remove()
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import guides
+from tests.annotators.parity import Capture, agreement
 from guides.annotators.lineart_anime import LineartAnimeAnnotator, LineartAnimeOptions, network_size
 from guides.errors import DeviceError, InputError, UsageError, WeightsError
 from guides.registry import get
@@ -76,24 +77,6 @@ def detector_output(model: torch.nn.Module, image: np.ndarray, resolution: int) 
     out = LineartAnimeDetector(model)(image, detect_resolution=resolution, image_resolution=resolution, output_type="np")
     assert out.ndim == 3 and (out[..., 0] == out[..., 2]).all()
     return cv2.resize(out[..., 0], (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-
-
-def agreement(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, int]:
-    diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
-    return float((diff <= 1).mean()), int(diff.max())
-
-
-class Capture:
-    """Records a module's input and output on its next forward."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.handle = module.register_forward_hook(self._hook)
-        self.input: torch.Tensor | None = None
-        self.output: torch.Tensor | None = None
-
-    def _hook(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        self.input, self.output = args[0].detach().clone(), output.detach().clone()
-        self.handle.remove()
 
 
 @pytest.mark.parametrize("which", ["cat-512x512", "photo-600x750"])

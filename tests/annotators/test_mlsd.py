@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 import guides
+from tests.annotators.parity import Capture, agreement
 from guides.annotators.learned import pad_to_multiple
 from guides.annotators.mlsd import MlsdAnnotator, MlsdOptions
 from guides.errors import DeviceError, InputError, UsageError, WeightsError
@@ -130,29 +131,11 @@ def ours_with_segments(annotator: MlsdAnnotator, image: np.ndarray) -> tuple[np.
     return annotator.finish(item, prediction), annotator.segments(prediction)
 
 
-def agreement(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, int]:
-    diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
-    return float((diff <= 1).mean()), int(diff.max())
-
-
 def assert_same_segments(ours: np.ndarray, theirs: np.ndarray) -> None:
     """Same count and the same integer coordinates (as sets: both are in score order, which ties may
     permute)."""
     assert ours.shape == theirs.shape, f"{len(ours)} segments, the reference found {len(theirs)}"
     assert sorted(map(tuple, ours.tolist())) == sorted(map(tuple, theirs.tolist()))
-
-
-class Capture:
-    """Records a module's first input and its output on its next forward."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.handle = module.register_forward_hook(self._hook)
-        self.input: torch.Tensor | None = None
-        self.output: torch.Tensor | None = None
-
-    def _hook(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        self.input, self.output = args[0].detach().clone(), output.detach().clone()
-        self.handle.remove()
 
 
 # ---------------------------------------------------------------------------------------------- parity

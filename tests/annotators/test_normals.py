@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 import guides
+from tests.annotators.parity import agreement
 from guides.annotators.learned import pad_to_multiple
 from guides.annotators.normals import NormalsAnnotator, NormalsOptions
 from tests.cli_testing import invoke
@@ -100,11 +101,6 @@ class Capture:
         self.input = first.detach().clone() if isinstance(first, torch.Tensor) else None
         self.output = output
         self.handle.remove()
-
-
-def agreement(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, int]:
-    diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
-    return float((diff <= 1).mean()), int(diff.max())
 
 
 @dataclass

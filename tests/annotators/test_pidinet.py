@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import guides
+from tests.annotators.parity import Capture, agreement
 from guides.annotators.pidinet import PidinetAnnotator, PidinetOptions
 from guides.errors import DeviceError, UsageError, WeightsError
 from guides.nets.pidinet import PixelDifferenceConv, pidinet, pixel_difference_kernel
@@ -84,25 +85,6 @@ def reference_pipeline(model: torch.nn.Module, image: np.ndarray, resolution: in
     return cv2.resize(out[..., 0], (image.shape[1], image.shape[0]), interpolation=interpolation)
 
 
-def agreement(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, int]:
-    diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
-    return float((diff <= 1).mean()), int(diff.max())
-
-
-class Capture:
-    """Records a module's input and output on its next forward."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.handle = module.register_forward_hook(self._hook)
-        self.input: torch.Tensor | None = None
-        self.output: torch.Tensor | None = None
-
-    def _hook(self, module: torch.nn.Module, args: tuple, output) -> None:
-        output = output[-1] if isinstance(output, (list, tuple)) else output  # the reference: fused map last
-        self.input, self.output = args[0].detach().clone(), output.detach().clone()
-        self.handle.remove()
-
-
 # ------------------------------------------------------------------------------------------- network
 
 
@@ -136,7 +118,7 @@ def test_loaded_network_is_folded_and_has_the_checkpoints_keys(annotator: Pidine
 
 def test_cat_matches_reference_pipeline(reference: Reference, annotator: PidinetAnnotator, refs: Path) -> None:
     cat = guides.to_rgb_array(refs / "cutecat_init.png")
-    theirs_net, ours_net = Capture(reference.model), Capture(annotator.model)
+    theirs_net, ours_net = Capture(reference.model, last_of_many=True), Capture(annotator.model, last_of_many=True)
     expected = reference_pipeline(reference.model, cat, 512)
     guide = annotator.annotate(cat)
 

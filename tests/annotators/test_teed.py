@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 import guides
+from tests.annotators.parity import agreement
 from guides.annotators.learned import pad_to_multiple
 from guides.annotators.teed import SOFTEDGE_CONTROLNET, TeedAnnotator, TeedOptions
 from guides.errors import DeviceError, InputError, UsageError
@@ -69,11 +70,6 @@ def reference_guide(network: torch.nn.Module, image: np.ndarray, resolution: int
         out = TEEDdetector(network)(image, detect_resolution=resolution, safe_steps=safe_steps, output_type="np")
     assert out.ndim == 3 and out.shape[:2] == image.shape[:2] and (out[..., 0] == out[..., 2]).all()
     return out[..., 0]
-
-
-def agreement(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, int]:
-    diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
-    return float((diff <= 1).mean()), int(diff.max())
 
 
 def test_network_matches_the_reference(reference: Reference, annotator: TeedAnnotator) -> None:
