@@ -138,3 +138,28 @@ def test_a_bug_in_an_annotator_stops_the_ray_run_naming_the_file(ray_session, ph
     assert (caught.value.path, caught.value.stage) == (str(photo_tree / "z.png"), "buggy")
     assert isinstance(caught.value.__cause__, ZeroDivisionError)
     assert str(caught.value) == f"buggy on {photo_tree / 'z.png'}: ZeroDivisionError: a bug in an annotator"
+
+
+def test_a_network_line_annotator_and_lineart_standard_run_alike_on_both_engines(
+        ray_session, photo_tree: Path, tmp_path: Path, tree_reader) -> None:
+    """Issue 14's annotators go through the engines like the others: teed (a network, from a models folder)
+    and lineart-standard in one ``guides run``, the same guides and failures locally and on Ray."""
+    import torch
+    from controlnet_aux.teed.ted import TED
+
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.manual_seed(1)
+    torch.save(TED().state_dict(), models / "5_model.pth")
+    results = {}
+    for engine in ("local", "ray"):
+        results[engine] = invoke("run", "teed,lineart-standard", str(photo_tree), "-o", str(tmp_path / engine),
+                                 "--models-dir", str(models), "--device", "cpu", "--resolution", "64", "-q", "--json",
+                                 "--engine", engine)
+    local, ray = (json.loads(results[e].stdout) for e in ("local", "ray"))
+    assert results["local"].exit_code == results["ray"].exit_code == 1, results["local"].output
+    del local["seconds"], ray["seconds"]
+    assert ray == local and ray["written"] == 6, ray  # images, each with both guides
+    written = tree_reader(tmp_path / "ray")
+    assert written == tree_reader(tmp_path / "local")
+    assert {name.split("/")[0] for name in written} == {"teed", "lineart-standard"}
