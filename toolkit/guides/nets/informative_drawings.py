@@ -121,6 +121,18 @@ def instance_norm_cl(h: torch.Tensor, relu: bool, eps: float = 1e-5) -> torch.Te
     norm, at about the cost of one group norm pass. ``h`` must be a fresh tensor (it is overwritten;
     the result is ``h`` itself when ``h`` is channels-last, else a channels-last copy).
     """
+    h, scale = centre_channels(h, eps)
+    flat = h.permute(0, 2, 3, 1).view(h.shape[0], -1, h.shape[1])
+    flat.mul_(scale.to(h.dtype))
+    if relu:
+        flat.relu_()
+    return h
+
+
+def centre_channels(h: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """The statistics of ``instance_norm_cl``: ``h`` (fresh; a channels-last copy if it is not channels-last)
+    with each channel's mean subtracted in place, and ``1 / sqrt(variance + eps)`` per channel, (B, 1, C)
+    in fp64. Block sums in fp32 (also for bf16/fp16 maps), the sum of the block sums in fp64."""
     if not h.is_contiguous(memory_format=torch.channels_last):
         h = h.contiguous(memory_format=torch.channels_last)
     batch, channels, height, width = h.shape
@@ -128,15 +140,10 @@ def instance_norm_cl(h: torch.Tensor, relu: bool, eps: float = 1e-5) -> torch.Te
     block = math.gcd(pixels, 256)
     flat = h.permute(0, 2, 3, 1).view(batch, pixels, channels)
     blocks = flat.view(batch, pixels // block, block, channels)
-    # Block sums in fp32 (also for bf16/fp16 maps), the sum of the block sums in fp64.
     mean = blocks.sum(dim=2, dtype=torch.float32).double().sum(dim=1, keepdim=True).div_(pixels)
     flat.sub_(mean.to(h.dtype))
     norms = torch.linalg.vector_norm(blocks, dim=2, dtype=torch.float32).double()
-    variance = norms.square_().sum(dim=1, keepdim=True).div_(pixels)
-    flat.mul_(variance.add_(eps).rsqrt_().to(h.dtype))
-    if relu:
-        flat.relu_()
-    return h
+    return h, norms.square_().sum(dim=1, keepdim=True).div_(pixels).add_(eps).rsqrt_()
 
 
 def _single_channel_conv(h: torch.Tensor, conv: nn.Conv2d, pad: int) -> torch.Tensor:

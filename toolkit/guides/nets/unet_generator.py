@@ -47,13 +47,12 @@ On other devices (CUDA, MPS) ``forward`` is the plain layer stack, ``reference_f
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .informative_drawings import instance_norm_cl
+from .informative_drawings import centre_channels, instance_norm_cl
 
 log = logging.getLogger(__name__)
 
@@ -145,18 +144,9 @@ def _instance_norm_relu_into(h: torch.Tensor, out: torch.Tensor, eps: float = 1e
     as accurate as PyTorch's NCHW norm); the ReLU comes before the scaling (``relu(v) * s == relu(v * s)``
     for ``s > 0``), so the last pass writes the result where it belongs.
     """
-    if not h.is_contiguous(memory_format=torch.channels_last):
-        h = h.contiguous(memory_format=torch.channels_last)
-    batch, channels, height, width = h.shape
-    pixels = height * width
-    block = math.gcd(pixels, 256)
-    flat = h.permute(0, 2, 3, 1).view(batch, pixels, channels)
-    blocks = flat.view(batch, pixels // block, block, channels)
-    mean = blocks.sum(dim=2, dtype=torch.float32).double().sum(dim=1, keepdim=True).div_(pixels)
-    flat.sub_(mean.to(h.dtype))
-    norms = torch.linalg.vector_norm(blocks, dim=2, dtype=torch.float32).double()
-    scale = norms.square_().sum(dim=1, keepdim=True).div_(pixels).add_(eps).rsqrt_()  # (B, 1, C)
-    flat.relu_()
+    h, scale = centre_channels(h, eps)  # (B, 1, C)
+    batch, channels = h.shape[:2]
+    h.relu_()
     torch.mul(h, scale.to(h.dtype).view(batch, channels, 1, 1), out=out)
 
 
