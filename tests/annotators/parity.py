@@ -30,3 +30,18 @@ class Capture:
             output = output[-1]
         self.input, self.output = args[0].detach().clone(), output.detach().clone()
         self.handle.remove()
+
+
+def sharing_network(annotator: Any, **options: Any) -> Any:
+    """Another annotator of the same class with ``options`` (on the CPU), sharing the loaded network."""
+    return type(annotator)(type(annotator).Options(device="cpu", **options), model=annotator.model)
+
+
+def assert_batches_match_singles(batched: Any, single: Any, images: list[np.ndarray], max_diff: int = 1) -> None:
+    """Each guide of ``batched.annotate_batch(images)`` has its input's size and is within ``max_diff``
+    levels of ``single.annotate`` of that image (order kept)."""
+    for got, image in zip(batched.annotate_batch(images), images, strict=True):
+        expected = single.annotate(image)
+        assert got.shape == image.shape[:2]
+        difference = int(np.abs(got.astype(int) - expected).max())
+        assert difference <= max_diff, f"batched guide differs from the single one by {difference} levels"

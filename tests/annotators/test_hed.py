@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import guides
-from tests.annotators.parity import agreement
+from tests.annotators.parity import agreement, assert_batches_match_singles, sharing_network
 from guides.annotators.hed import HedAnnotator, HedOptions
 from guides.errors import DeviceError, InputError, UsageError, WeightsError
 from guides.registry import get
@@ -60,10 +60,6 @@ def annotator(models_dir: Path) -> HedAnnotator:
     return get("hed").load(models_dir=str(models_dir), device="cpu")  # type: ignore[return-value]
 
 
-def with_options(annotator: HedAnnotator, **options) -> HedAnnotator:
-    return HedAnnotator(HedOptions(device="cpu", **options), model=annotator.model)
-
-
 def reference_pipeline(network: torch.nn.Module, image: np.ndarray, resolution: int, safe: bool = False,
                        scribble: bool = False) -> np.ndarray:
     """controlnet_aux's detector at detect = image resolution (its working-size guide), resized to the input
@@ -103,7 +99,7 @@ def test_guide_matches_reference_pipeline(annotator: HedAnnotator, reference_net
 def test_options_match_reference_pipeline(annotator: HedAnnotator, reference_net: torch.nn.Module, make_photo,
                                           safe: bool, scribble: bool) -> None:
     image = make_photo(22, 128, 192)  # its own working size at resolution 128: safe_step's 3 levels stay
-    guide = with_options(annotator, resolution=128, safe=safe, scribble=scribble).annotate(image)
+    guide = sharing_network(annotator, resolution=128, safe=safe, scribble=scribble).annotate(image)
     expected = reference_pipeline(reference_net, image, 128, safe=safe, scribble=scribble)
     assert guide.shape == image.shape[:2] and guide.dtype == np.uint8
     if scribble:
@@ -117,7 +113,7 @@ def test_options_match_reference_pipeline(annotator: HedAnnotator, reference_net
 
 def test_kitchen_dog_parity_at_low_resolution(annotator: HedAnnotator, reference_net: torch.nn.Module,
                                                kitchen_dog: np.ndarray) -> None:
-    guide = with_options(annotator, resolution=192).annotate(kitchen_dog)
+    guide = sharing_network(annotator, resolution=192).annotate(kitchen_dog)
     share, worst = agreement(guide, reference_pipeline(reference_net, kitchen_dog, 192))
     assert guide.shape == kitchen_dog.shape[:2]
     assert share >= GUIDE_SHARE, f"{share:.5f} within 1 level (max {worst})"
@@ -139,13 +135,11 @@ def test_declarations() -> None:
 def test_batches_equal_single_images(annotator: HedAnnotator, make_photo) -> None:
     """Two working sizes among four images, batches of 2: grouped, order kept, same guides."""
     images = [make_photo(30, 64, 96), make_photo(31, 130, 70), make_photo(32, 66, 99), make_photo(33, 128, 64)]
-    batched = with_options(annotator, resolution=64, batch_size=2)
-    single = with_options(annotator, resolution=64)
+    batched = sharing_network(annotator, resolution=64, batch_size=2)
+    single = sharing_network(annotator, resolution=64)
     assert batched.batch_key(images[0]) == batched.batch_key(images[2]) == (64, 128)
     assert batched.batch_key(images[1]) == batched.batch_key(images[3]) == (128, 64)
-    for got, image in zip(batched.annotate_batch(images), images):
-        assert got.shape == image.shape[:2]
-        assert np.abs(got.astype(int) - single.annotate(image)).max() <= 1
+    assert_batches_match_singles(batched, single, images)
 
 
 def reference_edges(network: torch.nn.Module, image: np.ndarray) -> np.ndarray:
@@ -160,7 +154,7 @@ def reference_edges(network: torch.nn.Module, image: np.ndarray) -> np.ndarray:
 
 
 def test_resolution_zero_keeps_the_size_and_pads_small_images(annotator: HedAnnotator, reference_net, make_photo) -> None:
-    keep = with_options(annotator, resolution=0)
+    keep = sharing_network(annotator, resolution=0)
     image = make_photo(24, 45, 70)  # not a multiple of 16: pooled with floor rounding, as the reference does
     guide = keep.annotate(image)
     share, worst = agreement(guide, reference_edges(reference_net, image))
@@ -173,7 +167,7 @@ def test_bf16_within_bound_of_fp32(annotator: HedAnnotator, models_dir: Path, ma
     """bf16 on the CPU. Measured with these weights: max 10, mean 0.9 levels (bf16 keeps 3 significant digits
     of the 0..255 inputs and activations; the fusion and sigmoid stay float32)."""
     image = make_photo(26, 128, 128)
-    fp32 = with_options(annotator, resolution=128).annotate(image)
+    fp32 = sharing_network(annotator, resolution=128).annotate(image)
     bf16 = get("hed").load(models_dir=str(models_dir), device="cpu", precision="bf16", resolution=128)
     diff = np.abs(bf16.annotate(image).astype(int) - fp32)
     assert diff.max() <= 24 and diff.mean() <= 2.5, f"bf16: max {diff.max()}, mean {diff.mean():.3f}"

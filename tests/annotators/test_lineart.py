@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import guides
-from tests.annotators.parity import Capture, agreement
+from tests.annotators.parity import Capture, agreement, assert_batches_match_singles
 from guides.annotators.learned import pad_to_multiple, working_size
 from guides.annotators.lineart import LineartAnnotator, LineartOptions
 from tests.cli_testing import invoke
@@ -125,10 +125,7 @@ def test_batches_equal_single_images(annotator: LineartAnnotator, make_photo) ->
     single = LineartAnnotator(LineartOptions(resolution=64, device="cpu"), model=annotator.model)
     assert batched.batch_key(images[0]) == batched.batch_key(images[2]) == (64, 64 * 96 // 64 + 32)
     assert batched.batch_key(images[1]) == batched.batch_key(images[3]) == (128, 64)
-    for got, image in zip(batched.annotate_batch(images), images):
-        expected = single.annotate(image)
-        assert got.shape == image.shape[:2]
-        assert np.abs(got.astype(int) - expected).max() <= 1
+    assert_batches_match_singles(batched, single, images)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (2, 3), (7, 5), (64, 64), (100, 37), (513, 1024), (4000, 300)])

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import guides
-from tests.annotators.parity import Capture, agreement
+from tests.annotators.parity import Capture, agreement, assert_batches_match_singles
 from guides.annotators.lineart_anime import LineartAnimeAnnotator, LineartAnimeOptions, network_size
 from guides.errors import DeviceError, InputError, UsageError, WeightsError
 from guides.registry import get
@@ -192,10 +192,7 @@ def test_batches_equal_single_images(annotator: LineartAnimeAnnotator, make_phot
     single = LineartAnimeAnnotator(LineartAnimeOptions(resolution=64, device="cpu"), model=annotator.model)
     assert batched.batch_key(images[0]) == batched.batch_key(images[2]) == (64, 128)
     assert batched.batch_key(images[1]) == batched.batch_key(images[3]) == (128, 64)
-    for got, image in zip(batched.annotate_batch(images), images):
-        expected = single.annotate(image)
-        assert got.shape == image.shape[:2]
-        assert np.abs(got.astype(int) - expected).max() <= 1
+    assert_batches_match_singles(batched, single, images)
 
 
 def test_resolution_zero_keeps_the_size(annotator: LineartAnimeAnnotator, make_photo) -> None:

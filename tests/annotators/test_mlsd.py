@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 import guides
-from tests.annotators.parity import Capture, agreement
+from tests.annotators.parity import Capture, agreement, assert_batches_match_singles
 from guides.annotators.learned import pad_to_multiple
 from guides.annotators.mlsd import MlsdAnnotator, MlsdOptions
 from guides.errors import DeviceError, InputError, UsageError, WeightsError
@@ -324,10 +324,7 @@ def test_batches_equal_single_images(annotator: MlsdAnnotator, make_photo) -> No
     single = MlsdAnnotator(MlsdOptions(resolution=128, device="cpu"), model=annotator.model)
     assert batched.batch_key(images[0]) == batched.batch_key(images[2]) == (128, 192)
     assert batched.batch_key(images[1]) == batched.batch_key(images[3]) == (256, 128)
-    for got, image in zip(batched.annotate_batch(images), images):
-        expected = single.annotate(image)
-        assert got.shape == image.shape[:2]
-        assert np.array_equal(got, expected)
+    assert_batches_match_singles(batched, single, images, max_diff=0)
 
 
 def test_resolution_zero_pads_to_multiples_of_16_and_ignores_the_padding(make_photo) -> None:

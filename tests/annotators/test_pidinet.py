@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import guides
-from tests.annotators.parity import Capture, agreement
+from tests.annotators.parity import Capture, agreement, assert_batches_match_singles, sharing_network
 from guides.annotators.pidinet import PidinetAnnotator, PidinetOptions
 from guides.errors import DeviceError, UsageError, WeightsError
 from guides.nets.pidinet import PixelDifferenceConv, pidinet, pixel_difference_kernel
@@ -66,11 +66,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
 def annotator(reference: Reference) -> PidinetAnnotator:
     """Loaded through the registry and the weights contract (models folder)."""
     return get("pidinet").load(models_dir=str(reference.models_dir), device="cpu")  # type: ignore[return-value]
-
-
-def with_options(annotator: PidinetAnnotator, **options) -> PidinetAnnotator:
-    """Another annotator with ``options`` sharing the loaded network."""
-    return PidinetAnnotator(PidinetOptions(device="cpu", **options), model=annotator.model)
 
 
 def reference_pipeline(model: torch.nn.Module, image: np.ndarray, resolution: int, **flags) -> np.ndarray:
@@ -156,7 +151,7 @@ def test_options_match_reference_flags(reference: Reference, annotator: PidinetA
     150 x 200 is resized back from it, nearest-neighbour for a scribble (it stays binary)."""
     image = make_photo(22, *shape)
     expected = reference_pipeline(reference.model, image, 192, **flags)
-    guide = with_options(annotator, resolution=192, **flags).annotate(image)
+    guide = sharing_network(annotator, resolution=192, **flags).annotate(image)
     assert guide.shape == image.shape[:2]
     values = set(np.unique(expected).tolist())
     if flags.get("scribble") or flags.get("apply_filter"):
@@ -171,18 +166,15 @@ def test_options_match_reference_flags(reference: Reference, annotator: PidinetA
 def test_batches_equal_single_images(annotator: PidinetAnnotator, make_photo) -> None:
     """Two working sizes among four images, batches of 2: grouped, order kept, same guides."""
     images = [make_photo(30, 64, 96), make_photo(31, 130, 70), make_photo(32, 66, 99), make_photo(33, 128, 64)]
-    batched = with_options(annotator, resolution=64, batch_size=2)
-    single = with_options(annotator, resolution=64)
+    batched = sharing_network(annotator, resolution=64, batch_size=2)
+    single = sharing_network(annotator, resolution=64)
     assert batched.batch_key(images[0]) == batched.batch_key(images[2]) == (64, 128)
     assert batched.batch_key(images[1]) == batched.batch_key(images[3]) == (128, 64)
-    for got, image in zip(batched.annotate_batch(images), images):
-        expected = single.annotate(image)
-        assert got.shape == image.shape[:2]
-        assert np.abs(got.astype(int) - expected).max() <= 1
+    assert_batches_match_singles(batched, single, images)
 
 
 def test_resolution_zero_keeps_the_size_and_pads_tiny_images(annotator: PidinetAnnotator, make_photo) -> None:
-    keep = with_options(annotator, resolution=0)
+    keep = sharing_network(annotator, resolution=0)
     image = make_photo(24, 45, 70)
     guide = keep.annotate(image)
     assert guide.shape == (45, 70)
@@ -194,7 +186,7 @@ def test_bf16_within_bound_of_fp32(annotator: PidinetAnnotator, reference: Refer
     """bf16 on the CPU. Bound on the uint8 guide: measured max 4, mean 0.7 levels with these weights (the
     x20 head amplifies bf16's 3 significant digits)."""
     image = make_photo(26, 128, 128)
-    fp32 = with_options(annotator, resolution=128).annotate(image)
+    fp32 = sharing_network(annotator, resolution=128).annotate(image)
     bf16 = get("pidinet").load(models_dir=str(reference.models_dir), device="cpu", precision="bf16", resolution=128)
     diff = np.abs(bf16.annotate(image).astype(int) - fp32)
     assert diff.max() <= 16 and diff.mean() <= 2, f"bf16: max {diff.max()}, mean {diff.mean():.3f}"
