@@ -50,6 +50,15 @@ BUILT_IN: Mapping[str, str] = MappingProxyType({
     "mlsd": "guides.annotators.mlsd:MlsdAnnotator",
     "lineart-anime": "guides.annotators.lineart_anime:LineartAnimeAnnotator",
     "lineart-standard": "guides.annotators.lineart_standard:LineartStandardAnnotator",
+    "openpose": "guides.annotators.openpose:OpenposeAnnotator",
+    "depth-anything": "guides.annotators.depth_anything:DepthAnythingAnnotator",
+    "blur": "guides.annotators.blur:BlurAnnotator",
+    "tile": "guides.annotators.tile:TileAnnotator",
+    "gray": "guides.annotators.gray:GrayAnnotator",
+    "low-quality": "guides.annotators.low_quality:LowQualityAnnotator",
+    "shuffle": "guides.annotators.shuffle:ShuffleAnnotator",
+    "color": "guides.annotators.color:ColorAnnotator",
+    "binary": "guides.annotators.binary:BinaryAnnotator",
 })
 
 
@@ -185,6 +194,10 @@ def check_annotator_class(cls: Any, name: str) -> None:
     option_infos(options)  # every option expressible on the command line (TypeError otherwise)
     if not cls.implements_annotate():
         raise TypeError(f"{cls.__qualname__} implements neither annotate(image) nor prepare/predict/finish")
+    if getattr(cls, "sidecar", None) is not None and not (
+            cls.is_staged() and cls.finish_with_sidecar is not Annotator.finish_with_sidecar):
+        raise TypeError(f"{cls.__qualname__} declares a sidecar: it must implement prepare/predict/finish "
+                        "and finish_with_sidecar")
 
 
 @functools.lru_cache(maxsize=1)

@@ -45,6 +45,24 @@ import numpy as np
 
 from ..options import check_options, option
 from ..weights.declarations import MODELS_DIR_ENV, Checkpoint, ControlNet
+from ..weights.union_models import UnionMode
+
+
+@dataclasses.dataclass(frozen=True)
+class Sidecar:
+    """A JSON document an annotator makes beside each guide, from the same computation (openpose: the
+    OpenPose keypoints). The annotator command writes it with ``--<name>-out DIR``; ``guides run`` beside
+    each guide (``<guide stem>.json``); ``guides dataset`` as the column ``<annotator>_<name>``."""
+
+    name: str
+    """``keypoints``: the option ``--keypoints-out`` and the dataset column ``openpose_keypoints``."""
+    help: str
+    """One line: what the document holds and its format."""
+
+    @property
+    def option(self) -> str:
+        """The annotator command's option (``--keypoints-out``)."""
+        return f"--{self.name}-out"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +89,10 @@ class Annotator:
     checkpoints: ClassVar[tuple[Checkpoint, ...]] = ()
     #: The ControlNets its guide is meant for, the reference one first (hub id, conditioning scale).
     controlnets: ClassVar[tuple[ControlNet, ...]] = ()
+    #: The union-ControlNet conditions its guide serves (``guides.weights.union_models``).
+    union_modes: ClassVar[tuple[UnionMode, ...]] = ()
+    #: A JSON document it can make beside each guide (openpose: the keypoints); None: guides only.
+    sidecar: ClassVar[Sidecar | None] = None
 
     def __init__(self, options: AnnotatorOptions | None = None) -> None:
         self.options = type(self).Options() if options is None else options
@@ -118,6 +140,18 @@ class Annotator:
             for i, output in zip(chunk, outputs):
                 results[i] = self.finish(items[i], output)
         return results
+
+    def annotate_with_sidecar(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """The guide of one image and its ``sidecar`` document (annotators declaring a ``sidecar``; staged
+        ones: ``finish_with_sidecar(prepare, predict)``)."""
+        if type(self).sidecar is None:
+            raise NotImplementedError(f"{type(self).__qualname__} declares no sidecar")
+        item = self.prepare(image)
+        return self.finish_with_sidecar(item, self.predict([item])[0])
+
+    def finish_with_sidecar(self, item: Any, output: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        """``finish`` and the ``sidecar`` document of the same item (worker threads), computed once."""
+        raise NotImplementedError(f"{type(self).__qualname__} declares no sidecar")
 
     def prepare(self, image: np.ndarray) -> Any:
         """CPU work before the network for one image (worker threads): the item ``predict`` takes."""
