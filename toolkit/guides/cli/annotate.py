@@ -13,6 +13,7 @@ import click
 
 from ..annotators.base import Annotator
 from ..engines import Job, Summary, output_path, plan_jobs, run_jobs, stages_to_run
+from ..engines.sidecars import with_sidecar
 from ..errors import UsageError
 from ..imaging import DEFAULT_MAX_PIXELS, load_image, load_mask, write_png_atomic
 from ..registry import REGISTRY, AnnotatorSpec, get
@@ -55,16 +56,29 @@ def annotator_command(spec: AnnotatorSpec) -> click.Command:
     """Build ``guides <name> INPUT...``: the batch options, then one option per field of the annotator's
     ``Options`` (``guides.cli.options``)."""
     cls = spec.annotator_class()
+    sidecar = cls.sidecar
+    sidecar_parameter = None if sidecar is None else f"{sidecar.name}_out"
 
     def callback(inputs: tuple[str, ...], output: str | None, overwrite: bool, jobs: int | None,
                  max_pixels: int, quiet: bool, as_json: bool, **values: Any) -> None:
+        folder = values.pop(sidecar_parameter) if sidecar_parameter is not None else None
         options = spec.options(**values)
-        planned, failures = plan_jobs(inputs, [spec.name], output, own_outputs=REGISTRY)
-        summary = _run(planned, failures, {spec.name: lambda: cls(options)}, jobs, overwrite, max_pixels, quiet)
+        sidecars = {} if folder is None else {spec.name: Path(folder)}
+        planned, failures = plan_jobs(inputs, [spec.name], output, own_outputs=REGISTRY, sidecars=sidecars)
+        loader = (lambda: with_sidecar(cls(options))) if sidecars else (lambda: cls(options))
+        summary = _run(planned, failures, {spec.name: loader}, jobs, overwrite, max_pixels, quiet)
         _report(summary, as_json)
 
     command = batch_options(apply(callback, click_options(cls.Options)))
-    return click.command(spec.name, help=f"{spec.summary}\n\n{naming_help(spec.name)}", short_help=spec.summary)(command)
+    text = f"{spec.summary}\n\n{naming_help(spec.name)}"
+    if sidecar is not None:
+        command = click.option(
+            sidecar.option, f"{sidecar.name}_out", type=click.Path(file_okay=False, path_type=str), default=None,
+            metavar="DIR", help=f"Also write {sidecar.help} to DIR/<relative path>.json (mirrors the inputs as -o does).",
+        )(command)
+        text += (f"\n\nWith {sidecar.option} DIR, each guide's {sidecar.name} go to DIR/<relative path>.json as well; "
+                 "a rerun redoes a photo whose guide or JSON is missing.")
+    return click.command(spec.name, help=text, short_help=spec.summary)(command)
 
 
 @click.command("run")
@@ -86,7 +100,8 @@ def run(annotators: str, inputs: tuple[str, ...], output: str | None, overwrite:
     """Run several annotators (comma-separated, e.g. canny,depth) decoding each image once.
 
     With -o OUT, guides go to OUT/<annotator>/<relative path>.png; without -o, beside each input as
-    <stem>.<annotator>.png. Walked folders never yield guides (<stem>.<annotator>.png files, anything
+    <stem>.<annotator>.png. Annotators that make a JSON document with their guide (openpose: keypoints)
+    write it beside the guide (<guide stem>.json). Walked folders never yield guides (<stem>.<annotator>.png files, anything
     under OUT/<annotator>), so -o may be the input folder itself. Each annotator uses its defaults; the
     options here apply to every annotator that has them. Complete guides are skipped unless --overwrite.
     """
@@ -101,7 +116,11 @@ def run(annotators: str, inputs: tuple[str, ...], output: str | None, overwrite:
         fields = {field.name for field in dataclasses.fields(spec.annotator_class().Options)}
         options = spec.options(**{k: v for k, v in shared.items() if v is not None and k in fields})
         loaders[spec.name] = (lambda spec=spec, options=options: spec.annotator_class()(options))
-    planned, failures = plan_jobs(inputs, [s.name for s in specs], output, per_stage_folders=True, own_outputs=REGISTRY)
+        if spec.annotator_class().sidecar is not None:
+            loaders[spec.name] = (lambda load=loaders[spec.name]: with_sidecar(load()))
+    sidecars = {spec.name: None for spec in specs if spec.annotator_class().sidecar is not None}
+    planned, failures = plan_jobs(inputs, [s.name for s in specs], output, per_stage_folders=True, own_outputs=REGISTRY,
+                                  sidecars=sidecars)
     if engine == "ray":
         from ..engines.ray import run_specs_on_ray
 

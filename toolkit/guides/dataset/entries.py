@@ -31,6 +31,8 @@ class AnnotatorEntry:
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     annotator: type | None = None
     options: Any = None
+    sidecar: str | None = None
+    """The column of the annotator's sidecar document (``openpose_keypoints``); None: it makes none."""
 
 
 def registry_entries(
@@ -67,13 +69,20 @@ def registry_entries(
             values[field] = parse_override(infos[field], raw, f"{spec.name}.{field}")
         values["resolution"] = 0
         options = spec.options(**values)
+        sidecar = None if cls.sidecar is None else f"{spec.name}_{cls.sidecar.name}"
         entries.append(AnnotatorEntry(spec.name, functools.partial(_build_annotator, cls, options),
-                                      dataclasses.asdict(options), annotator=cls, options=options))
+                                      dataclasses.asdict(options), annotator=cls, options=options, sidecar=sidecar))
     return entries
 
 
 def _build_annotator(cls: type, options: Any) -> Stage:
-    return cls(options)
+    """The annotator; one that makes a sidecar document makes it too (``guides.engines.sidecars``)."""
+    annotator = cls(options)
+    if cls.sidecar is None:
+        return annotator
+    from ..engines.sidecars import with_sidecar
+
+    return with_sidecar(annotator)
 
 
 def _split_override(text: str) -> tuple[str, str, str]:

@@ -242,7 +242,8 @@ def export_dataset(
                 report.summary.failed.append(Failure(str(photo.source), "no caption (--captions, sidecar .txt or --prompt)"))
         photos = [dataclasses.replace(photo, index=index) for index, photo in enumerate(kept)]
 
-    shape = ShardLayout(format, layout, tuple(names))
+    shape = ShardLayout(format, layout, tuple(names),
+                        sidecars=tuple((entry.name, entry.sidecar) for entry in entries if entry.sidecar is not None))
     fingerprint = {
         "format": format, "layout": layout, "shard_size": shard_size, "resolution": resolution,
         "annotators": {entry.name: {k: v for k, v in entry.settings.items() if k not in RUNTIME_SETTINGS} for entry in entries},
@@ -347,10 +348,13 @@ def _export_shard(out: Path, staging: Path, token: str, shape: ShardLayout, grou
                   files: Mapping[str, str], engine: ExportEngine, decode: Callable[[Path, int], np.ndarray]) -> _ShardResult:
     """Annotate one shard's photos into the staging folder, then stream them into the shard file(s)."""
     stages = (PHOTO_STAGE,) + shape.annotators
-    jobs = [
-        Job(photo.source, {stage: (staging / stage / f"{_staged_name(photo, token)}.png",) for stage in stages})
-        for photo in group
-    ]
+    documented = {name for name, _ in shape.sidecars}
+
+    def staged(photo: Photo, stage: str) -> tuple[Path, ...]:
+        png = staging / stage / f"{_staged_name(photo, token)}.png"
+        return (png, png.with_suffix(".json")) if stage in documented else (png,)
+
+    jobs = [Job(photo.source, {stage: staged(photo, stage) for stage in stages}) for photo in group]
     summary = engine.run(jobs, decode)
     failed_sources = {failure.path for failure in summary.failed}
     kept = [(photo, job) for photo, job in zip(group, jobs) if str(photo.source) not in failed_sources]
@@ -358,9 +362,11 @@ def _export_shard(out: Path, staging: Path, token: str, shape: ShardLayout, grou
     sizes: dict[str, int] = {}
     try:
         for folder, name in files.items():
-            writers[folder] = open_shard(shape.format, out / name, shape.image_columns(folder))
+            writers[folder] = open_shard(shape.format, out / name, shape.image_columns(folder), shape.document_columns(folder))
         for start in range(0, len(kept), ROWS_PER_GROUP):
-            rows = [ShardRow(photo, {stage: job.outputs[stage][0].read_bytes() for stage in stages}) for photo, job in kept[start : start + ROWS_PER_GROUP]]
+            rows = [ShardRow(photo, {stage: job.outputs[stage][0].read_bytes() for stage in stages},
+                             {stage: job.outputs[stage][1].read_text(encoding="utf-8").rstrip("\n") for stage in documented})
+                    for photo, job in kept[start : start + ROWS_PER_GROUP]]
             for writer in writers.values():
                 writer.add(rows)
         for folder, writer in list(writers.items()):

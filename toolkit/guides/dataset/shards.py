@@ -36,6 +36,9 @@ class ShardLayout:
     format: str
     layout: str
     annotators: tuple[str, ...]
+    sidecars: tuple[tuple[str, str], ...] = ()
+    """(annotator, column) of the annotators that make a sidecar document (``openpose``,
+    ``openpose_keypoints``): a string column of JSON (Parquet) or a ``KEY.<column>.json`` member (tar)."""
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -57,20 +60,29 @@ class ShardLayout:
             return [("image", PHOTO_STAGE), ("conditioning_image", folder)]
         return [("image", PHOTO_STAGE)] + [(name, name) for name in self.annotators]
 
+    def document_columns(self, folder: str) -> list[tuple[str, str]]:
+        """(column name, annotator whose sidecar document fills it) for one dataset folder."""
+        if self.layout == "per-annotator":
+            return [(column, name) for name, column in self.sidecars if name == folder]
+        return [(column, name) for name, column in self.sidecars]
+
     def columns(self, folder: str) -> list[str]:
         """The dataset's columns as ``datasets`` shows them."""
         images = [column for column, _ in self.image_columns(folder)]
+        documents = [column for column, _ in self.document_columns(folder)]
         if self.format == "parquet":
-            return images + ["text", "source"]
-        return [f"{column}.png" for column in images] + ["txt", "json"]
+            return images + documents + ["text", "source"]
+        return [f"{column}.png" for column in images] + [f"{column}.json" for column in documents] + ["txt", "json"]
 
 
 @dataclasses.dataclass
 class ShardRow:
-    """One photo's row: the photo (caption, source) and the PNG bytes of each stage (photo and guides)."""
+    """One photo's row: the photo (caption, source), the PNG bytes of each stage (photo and guides) and the
+    sidecar documents (JSON text) of the annotators that make one."""
 
     photo: Photo
     pngs: dict[str, bytes]
+    documents: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class ShardFile(Protocol):
@@ -89,16 +101,19 @@ def _temp_path(target: Path) -> Path:
 class ParquetShard:
     """Streams rows into a Parquet file (one row group per ``add``) and renames it into place."""
 
-    def __init__(self, target: Path, columns: list[tuple[str, str]]) -> None:
+    def __init__(self, target: Path, columns: list[tuple[str, str]], documents: list[tuple[str, str]] = ()) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         self._pa = pa
         self.target = target
         self.columns = columns
+        self.documents = list(documents)
         image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-        fields = [pa.field(name, image) for name, _ in columns] + [pa.field("text", pa.string()), pa.field("source", pa.string())]
-        features = {name: {"_type": "Image"} for name, _ in columns}
+        fields = ([pa.field(name, image) for name, _ in columns] + [pa.field(name, pa.string()) for name, _ in self.documents]
+                  + [pa.field("text", pa.string()), pa.field("source", pa.string())])
+        features: dict[str, Any] = {name: {"_type": "Image"} for name, _ in columns}
+        features.update({name: {"dtype": "string", "_type": "Value"} for name, _ in self.documents})
         features.update(text={"dtype": "string", "_type": "Value"}, source={"dtype": "string", "_type": "Value"})
         metadata = {"huggingface": json.dumps({"info": {"features": features}})}
         self.schema = pa.schema(fields, metadata=metadata)
@@ -110,6 +125,7 @@ class ParquetShard:
         if not rows:
             return
         data: dict[str, list[Any]] = {name: [{"bytes": row.pngs[stage], "path": None} for row in rows] for name, stage in self.columns}
+        data.update({name: [row.documents[stage] for row in rows] for name, stage in self.documents})
         data["text"] = [row.photo.caption or "" for row in rows]
         data["source"] = [row.photo.relative for row in rows]
         self.writer.write_table(self._pa.Table.from_pydict(data, schema=self.schema))
@@ -129,9 +145,10 @@ class ParquetShard:
 class TarShard:
     """Streams samples into a WebDataset tar (deterministic headers) and renames it into place."""
 
-    def __init__(self, target: Path, columns: list[tuple[str, str]]) -> None:
+    def __init__(self, target: Path, columns: list[tuple[str, str]], documents: list[tuple[str, str]] = ()) -> None:
         self.target = target
         self.columns = columns
+        self.documents = list(documents)
         target.parent.mkdir(parents=True, exist_ok=True)
         self.temp = _temp_path(target)
         self.tar = tarfile.open(self.temp, "w", format=tarfile.USTAR_FORMAT)
@@ -141,6 +158,8 @@ class TarShard:
             key = row.photo.key
             for name, stage in self.columns:
                 self._member(f"{key}.{name}.png", row.pngs[stage])
+            for name, stage in self.documents:
+                self._member(f"{key}.{name}.json", row.documents[stage].encode("utf-8"))
             self._member(f"{key}.txt", (row.photo.caption or "").encode("utf-8"))
             self._member(f"{key}.json", json.dumps({"source": row.photo.relative}, ensure_ascii=False).encode("utf-8"))
 
@@ -164,9 +183,11 @@ class TarShard:
             unlink_quietly(self.temp)
 
 
-def open_shard(format: str, target: Path, columns: list[tuple[str, str]]) -> ShardFile:  # noqa: A002
-    """Start writing a shard of ``format`` to a temporary file beside ``target``."""
-    return ParquetShard(target, columns) if format == "parquet" else TarShard(target, columns)
+def open_shard(format: str, target: Path, columns: list[tuple[str, str]],  # noqa: A002
+               documents: list[tuple[str, str]] = ()) -> ShardFile:
+    """Start writing a shard of ``format`` to a temporary file beside ``target`` (``documents``: the
+    sidecar columns, ``ShardLayout.document_columns``)."""
+    return ParquetShard(target, columns, documents) if format == "parquet" else TarShard(target, columns, documents)
 
 
 def unlink_quietly(path: Path) -> None:

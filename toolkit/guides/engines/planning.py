@@ -34,6 +34,9 @@ class Job:
 #: (beside ``<stem>.mask.png``), ``composite`` writes ``<stem>.composite.png``.
 EXTRA_OUTPUT_NAMES = ("target", "composite")
 
+#: The suffix of every sidecar document (``guides.engines.sidecars``).
+SIDECAR_SUFFIX = ".json"
+
 
 def output_names() -> tuple[str, ...]:
     """Every ``NAME`` some guides command writes as ``<stem>.NAME.png``: the registered annotators and
@@ -80,6 +83,7 @@ def plan_jobs(
     output: str | os.PathLike | None = None,
     per_stage_folders: bool = False,
     own_outputs: Iterable[str] = (),
+    sidecars: Mapping[str, Path | None] | None = None,
 ) -> tuple[list[Job], list[Failure]]:
     """Turn command-line inputs into jobs.
 
@@ -91,12 +95,17 @@ def plan_jobs(
 
     Walking a folder never yields a guide: files named ``<stem>.NAME.png`` for any name of
     ``output_names()``, ``stages`` or ``own_outputs``, and anything under the output folder (``OUT``, or
-    ``OUT/NAME`` with ``per_stage_folders``) are left out; a file named explicitly is still read. An input
+    ``OUT/NAME`` with ``per_stage_folders``) are left out; a file named explicitly is still read.
+
+    ``sidecars``: stage -> folder of the stages that also write a sidecar document (``guides.engines.sidecars``)
+    as their second output: ``FOLDER/<relative path>.json`` (a file input's: ``FOLDER/<name>.json``), or with
+    folder None beside the guide (``<guide stem>.json``). An input
     given twice (or a file inside a folder also given) is planned once. An output folder that is an
     existing file, or that is the walked folder itself without ``per_stage_folders`` (the guides would
     replace the photos), is a ``UsageError``: nothing is planned.
     """
     names = tuple(dict.fromkeys((*output_names(), *own_outputs, *stages)))
+    sidecars = {} if sidecars is None else sidecars
     out = None if output is None else Path(output)
     single_file = (
         out is not None
@@ -159,7 +168,7 @@ def plan_jobs(
             else:
                 base = out / stage if per_stage_folders else out
                 target = base / relative.with_suffix(".png")
-            outputs[stage] = (target,)
+            outputs[stage] = (target,) if stage not in sidecars else (target, _sidecar_target(target, relative, sidecars[stage]))
         problem = _output_problem(source, outputs, claimed, input_files)
         if problem:
             failures.append(Failure(str(source), problem))
@@ -169,6 +178,13 @@ def plan_jobs(
                 claimed[_identity(target)] = source
         jobs.append(Job(source, outputs))
     return jobs, failures
+
+
+def _sidecar_target(guide: Path, relative: Path, folder: Path | None) -> Path:
+    """Where a stage's sidecar document goes: ``folder/<relative>.json``, or beside the guide."""
+    if folder is None:
+        return guide.with_suffix(SIDECAR_SUFFIX)
+    return Path(folder) / relative.with_suffix(SIDECAR_SUFFIX)
 
 
 def _input_kind(path: Path) -> tuple[str, str | None]:

@@ -3,6 +3,7 @@ ever half-written) and, before a run, the temporary files of killed runs removed
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -11,13 +12,19 @@ from typing import Union
 import numpy as np
 
 from ..errors import GuidesError, InternalError
-from ..imaging import remove_stale_temp_files, write_png_atomic
+from ..imaging import remove_stale_temp_files, write_atomic, write_png_atomic
 from .planning import Job
 
 logger = logging.getLogger(__name__)
 
-#: What a stage makes for one image: one guide, or a tuple of guides for a stage with several outputs.
-GuideResult = Union[np.ndarray, tuple[np.ndarray, ...]]
+#: What a stage makes for one image: one guide, or a tuple of outputs for a stage with several (guides, and
+#: a sidecar document: a JSON-serialisable dict, ``guides.engines.sidecars``).
+GuideResult = Union[np.ndarray, tuple[Union[np.ndarray, dict], ...]]
+
+
+def encode_json(document: Mapping[str, object]) -> bytes:
+    """A sidecar document as the bytes of its JSON file (UTF-8, one trailing newline)."""
+    return (json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 def remove_stale_temporaries(jobs: Sequence[Job]) -> int:
@@ -45,7 +52,10 @@ def write_guides(source: str | os.PathLike, targets: Mapping[str, Sequence[str |
             if len(guides) != len(paths):
                 raise RuntimeError(f"{name} made {len(guides)} guides for {len(paths)} outputs")
             for target, guide in zip(paths, guides):
-                write_png_atomic(target, guide)
+                if isinstance(guide, Mapping):
+                    write_atomic(target, encode_json(guide))
+                else:
+                    write_png_atomic(target, guide)
         except (GuidesError, OSError):
             raise
         except Exception as error:
