@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 importlib.import_module("pyarrow")  # in the test extra: a missing one fails
@@ -69,3 +70,31 @@ def test_webdataset_columns_layout_holds_json_members(tmp_path: Path, make_photo
         assert {"image.png", "halves.png", "halves_sums.json", "txt", "json"} == set(sample) - {"__key__", "__url__", "__local_path__"}
         photo = load_image(tmp_path / "photos" / sample["json"]["source"])
         assert sample["halves_sums.json"] == _document(photo)
+
+
+def test_union_model_columns_per_annotator(tmp_path: Path, make_photo, monkeypatch) -> None:
+    """``--union-model xinsir``: each annotator's dataset carries its condition's name and mode index."""
+    from guides.dataset.entries import registry_entries
+    from guides.errors import UsageError
+    from guides.weights.union_models import UNION_MODELS
+
+    datasets = importlib.import_module("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _tree(tmp_path / "photos", make_photo)
+    out = tmp_path / "export"
+    report = export_dataset([tmp_path / "photos"], out, registry_entries(["canny", "lineart-standard"]), resolution=64,
+                            union_model="xinsir")
+    assert report.rows == 3
+    for name in ("canny", "lineart-standard"):
+        train = datasets.load_dataset(str(out), name, split="train", cache_dir=str(tmp_path / "cache"))
+        assert train.column_names == ["image", "conditioning_image", "text", "source", "control_type", "control_mode"]
+        assert set(train["control_type"]) == {"thin line"}
+        assert set(train["control_mode"]) == {UNION_MODELS["xinsir"].mode("thin line")} == {3}
+    with pytest.raises(UsageError) as raised:
+        export_dataset([tmp_path / "photos"], tmp_path / "o2", registry_entries(["canny", "lineart-standard"]),
+                       union_model="instantx")
+    assert str(raised.value) == ("lineart-standard: no condition of the instantx union model (canny, tile, depth, blur, "
+                                 "pose, gray, low quality) at --resolution 512")
+    with pytest.raises(UsageError, match="needs --layout per-annotator"):
+        export_dataset([tmp_path / "photos"], tmp_path / "o3", registry_entries(["canny"]), layout="columns",
+                       union_model="xinsir")

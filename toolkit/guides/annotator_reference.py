@@ -80,13 +80,39 @@ def annotator_section(cls: type) -> list[str]:
     return lines
 
 
+def union_table(classes: Iterable[type]) -> list[str]:
+    """The union-ControlNet table: for each annotator whose guide serves a condition of a union model, the
+    ``control_mode`` index and condition per model (``guides.weights.union_models``), as Markdown lines."""
+    from .weights.union_models import UNION_MODELS
+
+    models = list(UNION_MODELS.values())
+    header = " | ".join(f"{model.name} ({', '.join(f'`{repo}`' for repo in model.repos)})" for model in models)
+    lines = [
+        "#### Union ControlNets: `control_mode` of each guide", "",
+        "The mode index a union ControlNet takes with each guide (the model cards' tables; a condition served "
+        "only under some options names them). `guides dataset` writes these indices for union training sets.", "",
+        f"| annotator | {header} |", "| --- |" + " --- |" * len(models),
+    ]
+    for cls in classes:
+        if not cls.union_modes:
+            continue
+        cells = []
+        for model in models:
+            modes = [mode for mode in cls.union_modes if mode.model == model.name]
+            cells.append("; ".join(f"{mode.index} ({mode.condition}{', ' + mode.note if mode.note else ''})"
+                                   for mode in modes) or "-")
+        lines.append(f"| `{cls.name}` | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def render(classes: Iterable[type] | None = None) -> str:
     """The whole section (markers included) for ``classes`` (default: the built-in annotators)."""
     if classes is None:
         from .registry import BUILT_IN, get
 
         classes = [get(name).annotator_class() for name in BUILT_IN]
-    lines = [BEGIN, "", _COMMON_TEXT, ""]
+    classes = list(classes)
+    lines = [BEGIN, "", _COMMON_TEXT, ""] + union_table(classes)
     for cls in classes:
         lines += annotator_section(cls)
     lines.append(END)

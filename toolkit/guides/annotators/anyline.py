@@ -28,6 +28,7 @@ import numpy as np
 from ..imaging import resize_to
 from ..options import option
 from ..weights.declarations import MB, Checkpoint, ControlNet
+from ..weights.union_models import UnionMode
 from .base import ModelOptions
 from .learned import WorkingImage
 from .lineart_standard import intensity_map
@@ -91,6 +92,9 @@ class AnylineAnnotator(TeedAnnotator):
             sha256="a3c2d8a8ce9422555c787160bd46362d761325a565333c0e3f6a53e0bae2abdb",
             description="TEED retrained by TheMistoAI for Anyline (MTEED)",
         ),
+    )
+    union_modes = (
+        UnionMode("xinsir", "thin line"),
     )
     controlnets = (
         ControlNet(

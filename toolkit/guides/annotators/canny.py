@@ -19,6 +19,7 @@ import numpy as np
 from ..imaging import DEFAULT_MAX_PIXELS, resize_image
 from ..options import option
 from ..weights.declarations import MB, ControlNet
+from ..weights.union_models import UnionMode
 from .base import Annotator, AnnotatorOptions
 from .learned import check_working_pixels
 
@@ -46,6 +47,10 @@ class CannyAnnotator(Annotator):
     summary = "Canny edges (OpenCV), white on black."
     Options = CannyOptions
     options: CannyOptions
+    union_modes = (
+        UnionMode("xinsir", "thin line"),
+        UnionMode("instantx", "canny"),
+    )
     controlnets = (
         ControlNet(
             repo="lllyasviel/control_v11p_sd15_canny",

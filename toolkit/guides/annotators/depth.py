@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import InputError
 from ..options import option
 from ..weights.declarations import ANNOTATORS_REPO, MB, Checkpoint, ControlNet
+from ..weights.union_models import UnionMode
 from .base import ModelOptions
 from .learned import LearnedAnnotator, WorkingImage, check_rgb_batch
 
@@ -53,6 +54,18 @@ matrices of hundreds of GB; 5x (about 3,800 tokens, a 7:1 panorama) keeps them u
 _INVALID_DEPTH = -99.0
 _BACKGROUND = 128
 """The original colouring marks depth == -99 as invalid and paints it grey (128, 128, 128, 255)."""
+
+
+#: SD 1.5's depth ControlNet (guide kind ``depth``): every depth annotator's guide (near = white) is meant for it.
+DEPTH_CONTROLNET = ControlNet(
+    repo="lllyasviel/control_v11f1p_sd15_depth",
+    # stated: https://huggingface.co/lllyasviel/control_v11f1p_sd15_depth/resolve/539f99181d33db39cf1af2e517cd8056785f0a87/diffusion_pytorch_model.fp16.safetensors
+    revision="539f99181d33db39cf1af2e517cd8056785f0a87",
+    licence="OpenRAIL (ControlNet v1.1)",
+    approx_size=1_450 * MB,
+    kind="depth",
+    in_reference_suite=True,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,16 +185,11 @@ class DepthAnnotator(LearnedAnnotator):
             description="ZoeD_N (MiDaS BEiT-L/16-384 backbone)",
         ),
     )
-    controlnets = (
-        ControlNet(
-            repo="lllyasviel/control_v11f1p_sd15_depth",
-            # stated: https://huggingface.co/lllyasviel/control_v11f1p_sd15_depth/resolve/539f99181d33db39cf1af2e517cd8056785f0a87/diffusion_pytorch_model.fp16.safetensors
-            revision="539f99181d33db39cf1af2e517cd8056785f0a87",
-            licence="OpenRAIL (ControlNet v1.1)",
-            approx_size=1_450 * MB,
-            in_reference_suite=True,
-        ),
+    union_modes = (
+        UnionMode("xinsir", "depth"),
+        UnionMode("instantx", "depth"),
     )
+    controlnets = (DEPTH_CONTROLNET,)
 
     def load(self) -> Any:
         """``ZoeD_M12_N.pt``, loaded strictly into our ZoeD_N (CPU, fp32; see ``load_network``)."""

@@ -32,6 +32,7 @@ import numpy as np
 from ..imaging import resize_to
 from ..options import option
 from ..weights.declarations import ANNOTATORS_COMMIT, ANNOTATORS_REPO, Checkpoint
+from ..weights.union_models import UnionMode
 from .base import ModelOptions
 from .learned import LearnedAnnotator, WorkingImage, check_rgb_batch, pad_to_multiple
 from .soft_edges import SCRIBBLE_CONTROLNET, SOFTEDGE_CONTROLNET, safe_step, scribble
@@ -74,6 +75,9 @@ class HedAnnotator(LearnedAnnotator):
             sha256="5ca93762ffd68a29fee1af9d495bf6aab80ae86f08905fb35472a083a4c7a8fa",
             description="HED soft-edge network (lllyasviel's Apache-2.0 re-implementation, ControlNet 1.1)",
         ),
+    )
+    union_modes = (
+        UnionMode("xinsir", "thick line"),
     )
     controlnets = (SCRIBBLE_CONTROLNET, SOFTEDGE_CONTROLNET)
 

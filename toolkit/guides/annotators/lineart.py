@@ -28,6 +28,7 @@ import numpy as np
 from ..imaging import resize_to
 from ..options import option
 from ..weights.declarations import ANNOTATORS_COMMIT, ANNOTATORS_REPO, MB, Checkpoint, ControlNet
+from ..weights.union_models import UnionMode
 from .base import ModelOptions
 from .learned import LearnedAnnotator, WorkingImage, check_rgb_batch, pad_to_multiple
 
@@ -82,6 +83,9 @@ class LineartAnnotator(LearnedAnnotator):
             description="informative-drawings generator (coarse lines)",
             when=(("coarse", True),),
         ),
+    )
+    union_modes = (
+        UnionMode("xinsir", "thin line"),
     )
     controlnets = (
         ControlNet(

@@ -34,6 +34,7 @@ import numpy as np
 from ..imaging import resize_to
 from ..options import option
 from ..weights.declarations import ANNOTATORS_REPO, MB, Checkpoint, ControlNet
+from ..weights.union_models import UnionMode
 from .base import ModelOptions
 from .learned import LearnedAnnotator, WorkingImage, check_rgb_batch
 
@@ -89,6 +90,9 @@ class LineartAnimeAnnotator(LearnedAnnotator):
             sha256="ccabdcc3f5cf3c07cf65d58776acb21df7dfda825cdc70c9766a93fd62bfc488",
             description="Anime2Sketch U-Net generator (anime line art)",
         ),
+    )
+    union_modes = (
+        UnionMode("xinsir", "thin line"),
     )
     controlnets = (
         ControlNet(

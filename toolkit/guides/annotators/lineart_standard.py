@@ -28,6 +28,7 @@ import numpy as np
 
 from ..imaging import resize_image, resize_to
 from ..options import option
+from ..weights.union_models import UnionMode
 from .base import Annotator, AnnotatorOptions
 from .learned import check_working_pixels
 
@@ -81,6 +82,9 @@ class LineartStandardAnnotator(Annotator):
     Options = LineartStandardOptions
     options: LineartStandardOptions
     # No ControlNet of its own: SD 1.5's lineart ControlNet expects dark lines on white from its generator.
+    union_modes = (
+        UnionMode("xinsir", "thin line"),
+    )
     controlnets = ()
 
     def annotate(self, image: np.ndarray) -> np.ndarray:

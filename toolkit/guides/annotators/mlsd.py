@@ -48,6 +48,7 @@ import numpy as np
 from ..imaging import resize_to
 from ..options import option
 from ..weights.declarations import MB, ANNOTATORS_REPO, Checkpoint, ControlNet
+from ..weights.union_models import UnionMode
 from .base import ModelOptions
 from .learned import LearnedAnnotator, WorkingImage, check_rgb_batch, pad_to_multiple
 
@@ -104,6 +105,9 @@ class MlsdAnnotator(LearnedAnnotator):
             approx_size=6 * MB,  # the state dict of this network saved by torch.save: 6,332,011 bytes
             description="M-LSD large line-segment detector (MobileNetV2 trunk), 512 px",
         ),
+    )
+    union_modes = (
+        UnionMode("xinsir", "thin line"),
     )
     controlnets = (
         ControlNet(

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..imaging import resize_to
 from ..weights.declarations import ANNOTATORS_COMMIT, ANNOTATORS_REPO, MB, Checkpoint, ControlNet
+from ..weights.union_models import UnionMode
 from .base import ModelOptions
 from .learned import LearnedAnnotator, WorkingImage, check_rgb_batch, pad_to_multiple
 
@@ -63,6 +64,9 @@ class NormalsAnnotator(LearnedAnnotator):
             approx_size=291 * MB,
             description="NormalBae NNET (EfficientNet-B5 encoder), ScanNet",
         ),
+    )
+    union_modes = (
+        UnionMode("xinsir", "normal"),
     )
     controlnets = (
         ControlNet(

@@ -32,6 +32,7 @@ import numpy as np
 from ..imaging import resize_to
 from ..options import option
 from ..weights.declarations import ANNOTATORS_REPO, MB, Checkpoint
+from ..weights.union_models import UnionMode
 from .base import ModelOptions
 from .learned import LearnedAnnotator, WorkingImage, check_rgb_batch, pad_to_multiple
 from .soft_edges import SCRIBBLE_CONTROLNET, SOFTEDGE_CONTROLNET, safe_step, scribble
@@ -79,6 +80,9 @@ class PidinetAnnotator(LearnedAnnotator):
             sha256="80860ac267258b5f27486e0ef152a211d0b08120f62aeb185a050acc30da486c",
             description="PiDiNet edge detector (table 5 model: carv4, attention, dilation)",
         ),
+    )
+    union_modes = (
+        UnionMode("xinsir", "thick line"),
     )
     controlnets = (SCRIBBLE_CONTROLNET, SOFTEDGE_CONTROLNET)
 

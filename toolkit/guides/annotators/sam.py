@@ -21,6 +21,7 @@ import numpy as np
 
 from ..options import option
 from ..weights.declarations import MB, ControlNet
+from ..weights.union_models import UnionMode
 from .sam_annotator_base import SamEngineAnnotator, SamItem, SamModelOptions
 from .segment_painting import paint_segments, resize_nearest
 
@@ -41,6 +42,9 @@ class SamAnnotator(SamEngineAnnotator):
     summary = "Segment Anything segments, one flat colour each."
     Options = SamOptions
     options: SamOptions
+    union_modes = (
+        UnionMode("xinsir", "segment"),
+    )
     controlnets = (
         ControlNet(
             repo="mfidabel/controlnet-segment-anything",

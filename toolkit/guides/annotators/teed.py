@@ -26,6 +26,7 @@ import numpy as np
 from ..imaging import resize_to
 from ..options import option
 from ..weights.declarations import Checkpoint
+from ..weights.union_models import UnionMode
 from .base import ModelOptions
 from .learned import LearnedAnnotator, WorkingImage, check_rgb_batch, pad_to_multiple
 from .soft_edges import SOFTEDGE_CONTROLNET, safe_step
@@ -61,6 +62,10 @@ class TeedAnnotator(LearnedAnnotator):
             approx_size=249_000,
             description="TEED edge detector trained on BIPED (checkpoint 5)",
         ),
+    )
+    union_modes = (
+        UnionMode("xinsir", "thick line", when=(("resolution", 512),), note="at 512"),
+        UnionMode("xinsir", "thin line", when=(("resolution", 1280),), note="at 1280"),
     )
     controlnets = (SOFTEDGE_CONTROLNET,)
 

@@ -12,6 +12,7 @@ from ..dataset.entries import registry_entries
 from ..dataset.export import DEFAULT_RESOLUTION, DEFAULT_SHARD_SIZE, FORMATS, LAYOUTS, export_dataset
 from ..errors import UsageError
 from ..imaging import DEFAULT_MAX_PIXELS
+from ..weights.union_models import UNION_MODELS
 
 #: Uncaptioned photos listed one per line on stderr; beyond this, a count.
 LISTED_UNCAPTIONED = 20
@@ -34,6 +35,9 @@ LISTED_UNCAPTIONED = 20
                    "(file_name/path + text/caption), e.g. a metadata.jsonl.")
 @click.option("--prompt", default=None, help="Caption for photos without one from --captions or a sidecar .txt.")
 @click.option("--require-captions", is_flag=True, help="Leave out (and report as failed) photos without a caption.")
+@click.option("--union-model", type=click.Choice(list(UNION_MODELS)), default=None,
+              help="Add the control_type and control_mode columns of that union ControlNet to each annotator's dataset "
+                   "(the README's union table; per-annotator layout).")
 @click.option("--set", "overrides", multiple=True, metavar="ANNOTATOR.OPTION=VALUE",
               help="An annotator's own option, e.g. canny.low=50 (repeatable): read as the option's type and checked "
                    "by its declaration (`guides ANNOTATOR --help` lists them).")
@@ -51,7 +55,7 @@ LISTED_UNCAPTIONED = 20
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no training commands.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def dataset(inputs: tuple[str, ...], annotators: str, out: str, format_: str, layout: str, shard_size: int,
-            resolution: int, captions: str | None, prompt: str | None, require_captions: bool,
+            resolution: int, captions: str | None, prompt: str | None, require_captions: bool, union_model: str | None,
             overrides: tuple[str, ...], engine: str, ray_address: str | None, num_gpus_per_worker: float,
             overwrite: bool, jobs: int | None, max_pixels: int, quiet: bool, as_json: bool, **shared: Any) -> None:
     """Export photos, one guide per annotator and captions as a ControlNet training set.
@@ -88,12 +92,14 @@ def dataset(inputs: tuple[str, ...], annotators: str, out: str, format_: str, la
     words += ["--captions", captions] if captions else []
     words += ["--prompt", prompt] if prompt is not None else []
     words += ["--require-captions"] if require_captions else []
+    words += ["--union-model", union_model] if union_model else []
     words += [word for text in overrides for word in ("--set", text)]
     try:
         report = export_dataset(
             inputs, out, entries, format=format_, layout=layout, shard_size=shard_size, resolution=resolution,
             captions=captions, prompt=prompt, require_captions=require_captions, overwrite=overwrite, workers=jobs,
             max_pixels=max_pixels, progress=False if quiet else None, command=shlex.join(words), engine=runner,
+            union_model=union_model,
         )
     finally:
         if runner is not None:

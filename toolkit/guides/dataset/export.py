@@ -214,11 +214,14 @@ def export_dataset(
     progress: bool | None = False,
     engine: ExportEngine | None = None,
     command: str | None = None,
+    union_model: str | None = None,
 ) -> ExportReport:
     """Export ``inputs`` (files and folders) with one guide per entry to ``out``; see the module doc.
 
     A photo without a caption is exported with an empty ``text`` and listed in ``uncaptioned``; with
     ``require_captions`` it is a failure instead. ``engine`` defaults to the local batch engine.
+    ``union_model`` (a key of ``guides.weights.union_models.UNION_MODELS``, per-annotator layout): each
+    dataset gets the ``control_type``/``control_mode`` columns of its annotator's condition in that model.
     """
     started = time.perf_counter()
     names = [entry.name for entry in entries]
@@ -243,9 +246,11 @@ def export_dataset(
         photos = [dataclasses.replace(photo, index=index) for index, photo in enumerate(kept)]
 
     shape = ShardLayout(format, layout, tuple(names),
-                        sidecars=tuple((entry.name, entry.sidecar) for entry in entries if entry.sidecar is not None))
+                        sidecars=tuple((entry.name, entry.sidecar) for entry in entries if entry.sidecar is not None),
+                        modes=_union_modes(entries, union_model, layout, resolution))
     fingerprint = {
         "format": format, "layout": layout, "shard_size": shard_size, "resolution": resolution,
+        **({"union_model": union_model} if union_model is not None else {}),
         "annotators": {entry.name: {k: v for k, v in entry.settings.items() if k not in RUNTIME_SETTINGS} for entry in entries},
     }
     manifest_path = out / MANIFEST_NAME
@@ -337,6 +342,34 @@ def _check_arguments(names: Sequence[str], format: str, layout: str, shard_size:
         raise UsageError('Parquet export needs pyarrow: pip install "controlnet-guides[dataset]" (or use --format webdataset)')
 
 
+def _union_modes(entries: Sequence[AnnotatorEntry], union_model: str | None, layout: str,
+                 resolution: int) -> tuple[tuple[str, str, int], ...]:
+    """(annotator, condition, control_mode) of each entry in ``union_model``; a UsageError naming the
+    annotators whose guide serves none of its conditions (with the options they run with: the export's
+    ``resolution`` decides teed's thick or thin line)."""
+    if union_model is None:
+        return ()
+    from ..weights.union_models import UNION_MODELS, union_mode
+
+    if union_model not in UNION_MODELS:
+        raise UsageError(f"unknown union model {union_model!r}; use one of {', '.join(UNION_MODELS)}")
+    if layout != "per-annotator":
+        raise UsageError("--union-model needs --layout per-annotator (one dataset per condition)")
+    modes, missing = [], []
+    for entry in entries:
+        options = dataclasses.replace(entry.options, resolution=resolution) if entry.options is not None else None
+        mode = union_mode(entry.annotator.union_modes, union_model, options) if entry.annotator is not None else None
+        if mode is None:
+            missing.append(entry.name)
+        else:
+            modes.append((entry.name, mode.condition, mode.index))
+    if missing:
+        model = UNION_MODELS[union_model]
+        raise UsageError(f"{', '.join(missing)}: no condition of the {union_model} union model "
+                         f"({', '.join(model.conditions)}) at --resolution {resolution}")
+    return tuple(modes)
+
+
 @dataclasses.dataclass
 class _ShardResult:
     files: dict[str, int]
@@ -362,7 +395,8 @@ def _export_shard(out: Path, staging: Path, token: str, shape: ShardLayout, grou
     sizes: dict[str, int] = {}
     try:
         for folder, name in files.items():
-            writers[folder] = open_shard(shape.format, out / name, shape.image_columns(folder), shape.document_columns(folder))
+            writers[folder] = open_shard(shape.format, out / name, shape.image_columns(folder), shape.document_columns(folder),
+                                         shape.mode(folder))
         for start in range(0, len(kept), ROWS_PER_GROUP):
             rows = [ShardRow(photo, {stage: job.outputs[stage][0].read_bytes() for stage in stages},
                              {stage: job.outputs[stage][1].read_text(encoding="utf-8").rstrip("\n") for stage in documented})

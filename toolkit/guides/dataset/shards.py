@@ -39,6 +39,13 @@ class ShardLayout:
     sidecars: tuple[tuple[str, str], ...] = ()
     """(annotator, column) of the annotators that make a sidecar document (``openpose``,
     ``openpose_keypoints``): a string column of JSON (Parquet) or a ``KEY.<column>.json`` member (tar)."""
+    modes: tuple[tuple[str, str, int], ...] = ()
+    """(annotator, condition, index) of a union-model export (``--union-model``, per-annotator layout): the
+    columns ``control_type`` and ``control_mode`` of each annotator's dataset (tar: in ``KEY.json``)."""
+
+    def mode(self, folder: str) -> tuple[str, int] | None:
+        """(control_type, control_mode) of one dataset folder; None outside a union-model export."""
+        return next(((condition, index) for name, condition, index in self.modes if name == folder), None)
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -70,8 +77,9 @@ class ShardLayout:
         """The dataset's columns as ``datasets`` shows them."""
         images = [column for column, _ in self.image_columns(folder)]
         documents = [column for column, _ in self.document_columns(folder)]
+        modes = ["control_type", "control_mode"] if self.mode(folder) is not None else []
         if self.format == "parquet":
-            return images + documents + ["text", "source"]
+            return images + documents + ["text", "source"] + modes
         return [f"{column}.png" for column in images] + [f"{column}.json" for column in documents] + ["txt", "json"]
 
 
@@ -101,7 +109,8 @@ def _temp_path(target: Path) -> Path:
 class ParquetShard:
     """Streams rows into a Parquet file (one row group per ``add``) and renames it into place."""
 
-    def __init__(self, target: Path, columns: list[tuple[str, str]], documents: list[tuple[str, str]] = ()) -> None:
+    def __init__(self, target: Path, columns: list[tuple[str, str]], documents: list[tuple[str, str]] = (),
+                 mode: tuple[str, int] | None = None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -109,12 +118,16 @@ class ParquetShard:
         self.target = target
         self.columns = columns
         self.documents = list(documents)
+        self.mode = mode
         image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
         fields = ([pa.field(name, image) for name, _ in columns] + [pa.field(name, pa.string()) for name, _ in self.documents]
                   + [pa.field("text", pa.string()), pa.field("source", pa.string())])
         features: dict[str, Any] = {name: {"_type": "Image"} for name, _ in columns}
         features.update({name: {"dtype": "string", "_type": "Value"} for name, _ in self.documents})
         features.update(text={"dtype": "string", "_type": "Value"}, source={"dtype": "string", "_type": "Value"})
+        if mode is not None:
+            fields += [pa.field("control_type", pa.string()), pa.field("control_mode", pa.int64())]
+            features.update(control_type={"dtype": "string", "_type": "Value"}, control_mode={"dtype": "int64", "_type": "Value"})
         metadata = {"huggingface": json.dumps({"info": {"features": features}})}
         self.schema = pa.schema(fields, metadata=metadata)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +141,9 @@ class ParquetShard:
         data.update({name: [row.documents[stage] for row in rows] for name, stage in self.documents})
         data["text"] = [row.photo.caption or "" for row in rows]
         data["source"] = [row.photo.relative for row in rows]
+        if self.mode is not None:
+            data["control_type"] = [self.mode[0]] * len(rows)
+            data["control_mode"] = [self.mode[1]] * len(rows)
         self.writer.write_table(self._pa.Table.from_pydict(data, schema=self.schema))
 
     def commit(self) -> int:
@@ -145,10 +161,12 @@ class ParquetShard:
 class TarShard:
     """Streams samples into a WebDataset tar (deterministic headers) and renames it into place."""
 
-    def __init__(self, target: Path, columns: list[tuple[str, str]], documents: list[tuple[str, str]] = ()) -> None:
+    def __init__(self, target: Path, columns: list[tuple[str, str]], documents: list[tuple[str, str]] = (),
+                 mode: tuple[str, int] | None = None) -> None:
         self.target = target
         self.columns = columns
         self.documents = list(documents)
+        self.mode = mode
         target.parent.mkdir(parents=True, exist_ok=True)
         self.temp = _temp_path(target)
         self.tar = tarfile.open(self.temp, "w", format=tarfile.USTAR_FORMAT)
@@ -161,7 +179,10 @@ class TarShard:
             for name, stage in self.documents:
                 self._member(f"{key}.{name}.json", row.documents[stage].encode("utf-8"))
             self._member(f"{key}.txt", (row.photo.caption or "").encode("utf-8"))
-            self._member(f"{key}.json", json.dumps({"source": row.photo.relative}, ensure_ascii=False).encode("utf-8"))
+            meta: dict[str, Any] = {"source": row.photo.relative}
+            if self.mode is not None:
+                meta.update(control_type=self.mode[0], control_mode=self.mode[1])
+            self._member(f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
 
     def _member(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
@@ -184,10 +205,11 @@ class TarShard:
 
 
 def open_shard(format: str, target: Path, columns: list[tuple[str, str]],  # noqa: A002
-               documents: list[tuple[str, str]] = ()) -> ShardFile:
+               documents: list[tuple[str, str]] = (), mode: tuple[str, int] | None = None) -> ShardFile:
     """Start writing a shard of ``format`` to a temporary file beside ``target`` (``documents``: the
-    sidecar columns, ``ShardLayout.document_columns``)."""
-    return ParquetShard(target, columns, documents) if format == "parquet" else TarShard(target, columns, documents)
+    sidecar columns, ``ShardLayout.document_columns``; ``mode``: ``ShardLayout.mode``)."""
+    shard = ParquetShard if format == "parquet" else TarShard
+    return shard(target, columns, documents, mode)
 
 
 def unlink_quietly(path: Path) -> None:
