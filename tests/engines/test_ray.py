@@ -163,3 +163,31 @@ def test_a_network_line_annotator_and_lineart_standard_run_alike_on_both_engines
     written = tree_reader(tmp_path / "ray")
     assert written == tree_reader(tmp_path / "local")
     assert {name.split("/")[0] for name in written} == {"teed", "lineart-standard"}
+
+
+def test_sidecar_documents_are_written_alike_by_both_engines(ray_session, tmp_path: Path, make_photo, tree_reader) -> None:
+    """A stage with a sidecar (``guides.engines.sidecars``): the same guides and JSON documents from Ray."""
+    from PIL import Image
+
+    from guides.engines.ray import run_jobs_ray
+    from guides.engines.sidecars import with_sidecar
+    from tests.engines import fakes, test_sidecars
+    from tests.engines.test_sidecars import CountingHalves
+
+    for module in (fakes, test_sidecars):  # test helpers are not importable in Ray's workers: ship them by value
+        ray_session.cloudpickle.register_pickle_by_value(module)
+
+    for index in range(3):
+        Image.fromarray(make_photo(index, 12 + index, 10)).save(tmp_path / f"{index}.png")
+    inputs = [tmp_path / f"{index}.png" for index in range(3)]
+    results = {}
+    for engine in ("local", "ray"):
+        jobs, _ = plan_jobs(inputs, ["halves"], tmp_path / engine, per_stage_folders=True, sidecars={"halves": None})
+        if engine == "local":
+            results[engine] = run_jobs(jobs, {"halves": with_sidecar(CountingHalves())}, workers=2, progress=False)
+        else:
+            results[engine] = run_jobs_ray(jobs, {"halves": lambda: with_sidecar(CountingHalves())}, progress=False)
+    assert results["ray"].written == results["local"].written == 3
+    local, ray = tree_reader(tmp_path / "local"), tree_reader(tmp_path / "ray")
+    assert sorted(ray) == sorted(local) == sorted(f"halves/{i}.{suffix}" for i in range(3) for suffix in ("json", "png"))
+    assert ray == local
