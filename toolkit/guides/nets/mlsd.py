@@ -28,6 +28,8 @@ and four displacements). The folded network has other keys: load first.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -213,18 +215,22 @@ class MlsdLarge(nn.Module):
 
 
 _ACTIVATIONS = {None: ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0])}
-_fused_kernels = {"available": None}
+@functools.cache
+def _fused_kernel_available(dtype: torch.dtype) -> bool:
+    """Whether this build has oneDNN's fused convolution and this CPU can run it in ``dtype`` (its bf16
+    path needs AVX512-BF16/AVX-NE-CONVERT or AVX512BW/VL/DQ; an AVX2-only CPU refuses it at run time)."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
+        return False
+    return dtype != torch.bfloat16 or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _use_fused_kernel(x: torch.Tensor) -> bool:
     """Whether oneDNN's convolution with a fused activation (``mkldnn._convolution_pointwise``, the kernel
-    PyTorch's own compiler uses on the CPU) can run ``x``: CPU, fp32 or bf16, and present in this build."""
+    PyTorch's own compiler uses on the CPU) can run ``x``: CPU, fp32 or bf16 where the CPU supports it,
+    and present in this build; else ``FoldedConv`` takes the plain ``conv2d`` path."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
         return False
-    if _fused_kernels["available"] is None:
-        _fused_kernels["available"] = bool(torch.backends.mkldnn.is_available()) and hasattr(
-            torch.ops.mkldnn, "_convolution_pointwise")
-    return bool(_fused_kernels["available"])
+    return _fused_kernel_available(x.dtype)
 
 
 class FoldedConv(nn.Module):
