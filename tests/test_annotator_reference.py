@@ -30,6 +30,6 @@ def test_reference_lists_every_built_in_option_and_model() -> None:
             if info.cli and info.name not in {"device", "precision", "batch_size", "models_dir", "checkpoint", "download"}:
                 assert info.flag in section, f"{name}: {info.flag} missing from the reference"
         for checkpoint in cls.checkpoints:
-            assert checkpoint.filename in section
+            assert checkpoint.folder_name in section
         for controlnet in cls.controlnets:
             assert controlnet.repo in section

@@ -51,7 +51,8 @@ TESTS = Path(__file__).resolve().parents[1]
 #: Every command ``guides --help`` must list: a command that vanishes (or fails to import) fails here.
 EXPECTED_COMMANDS = (
     "canny", "lineart", "normals", "depth", "sam", "mask", "hed", "pidinet", "teed", "anyline", "mlsd",
-    "lineart-anime", "lineart-standard", "run", "composite", "inpaint-target", "dataset",
+    "lineart-anime", "lineart-standard", "openpose", "depth-anything", "blur", "tile", "gray", "low-quality",
+    "shuffle", "color", "binary", "run", "composite", "inpaint-target", "dataset",
     "models", "generate", "reproduce", "compare",
 )
 MODELS_SUBCOMMANDS = ("download", "list", "path", "verify")
@@ -389,6 +390,87 @@ def _lineart_standard(call: Call) -> None:
     assert np.array_equal(written, expected)
 
 
+#: The union models' cheap conditions (no network), with options that are not their defaults.
+CHEAP_CONDITIONS = {
+    "blur": ("--sigma", "3"), "tile": ("--factor", "4"), "gray": (), "low-quality": ("--quality", "50", "--seed", "2"),
+    "shuffle": ("--seed", "3"), "color": ("--resolution", "256"), "binary": ("--threshold", "90"),
+}
+
+
+def _cheap_condition_call(command: str) -> Callable[[Call], None]:
+    def call_it(call: Call) -> None:
+        from guides.registry import get
+
+        args = CHEAP_CONDITIONS[command]
+        photo = call.photo()
+        call.guides(command, photo, *args, "-o", call.tmp / "guide.png", "-q", code=0)
+        written = np.asarray(Image.open(call.tmp / "guide.png"))
+        options = {args[i].removeprefix("--"): float(args[i + 1]) if command in ("blur", "tile") else int(args[i + 1])
+                   for i in range(0, len(args), 2)}
+        expected = get(command).load(**options).annotate(np.asarray(Image.open(photo).convert("RGB")))
+        assert np.array_equal(written, expected), command
+        bad = call.tmp / "bad.png"
+        bad.write_bytes(b"not a png")
+        result = call.guides(command, bad, "-o", call.tmp / "bad-guide.png", "-q", code=1)
+        lines = result.stderr.strip().splitlines()
+        assert lines[0].startswith("failed: ") and lines[0].endswith("bad.png: not an image, or an unsupported "
+                                                                     "image format"), result.describe()
+        assert "Traceback" not in result.stderr and not (call.tmp / "bad-guide.png").exists()
+
+    return call_it
+
+
+for _command in CHEAP_CONDITIONS:
+    real_call(_command, _command)(_cheap_condition_call(_command))
+
+
+def _openpose_models(call: Call) -> Path:
+    """A models folder with random body weights in the hub's layout (keys without their block name)."""
+    import torch
+    from controlnet_aux.open_pose.model import bodypose_model
+
+    torch.manual_seed(0)
+    models = call.tmp / "models"
+    models.mkdir()
+    state = {key.split(".", 1)[1]: value for key, value in bodypose_model().state_dict().items()}
+    torch.save(state, models / "body_pose_model.pth")
+    return models
+
+
+@real_call("openpose", "openpose")
+def _openpose(call: Call) -> None:
+    """Random body weights in the hub's layout (keys without their block name): a guide at the input size
+    and the OpenPose JSON under --keypoints-out; no weights: one line naming the file."""
+    models = _openpose_models(call)
+    call.photo("photo.png")
+    keypoints = call.tmp / "keypoints"
+    call.guides("openpose", call.tmp / "photo.png", "--models-dir", models, "--resolution", "64", "--device", "cpu",
+                "--keypoints-out", keypoints, "-o", call.tmp / "pose.png", "-q", code=0)
+    written = Image.open(call.tmp / "pose.png")
+    assert written.mode == "RGB" and written.size == (80, 64)
+    document = json.loads((keypoints / "photo.json").read_text())
+    assert set(document) == {"people", "canvas_width", "canvas_height"}, document
+    assert (document["canvas_width"], document["canvas_height"]) == (80, 64) and isinstance(document["people"], list)
+    _without_weights(call, "openpose", "body_pose_model.pth")
+
+
+@real_call("depth-anything", "depth-anything")
+def _depth_anything(call: Call) -> None:
+    """Random Small weights as transformers saves them, under the flat name; the default (Large) missing:
+    one line naming its file."""
+    from tests.nets.test_depth_anything import save_hf_file, scaled_reference
+
+    models = call.tmp / "models"
+    save_hf_file(scaled_reference("small", seed=1), call.tmp / "hf").rename(
+        models.mkdir() or models / "depth_anything_v2_vits.safetensors")
+    call.guides("depth-anything", call.photo(), "--model", "small", "--input-size", "28", "--models-dir", models,
+                "--device", "cpu", "-o", call.tmp / "depth.png", "-q", code=0)
+    written = Image.open(call.tmp / "depth.png")
+    assert written.mode == "L" and written.size == (80, 64)
+    assert np.ptp(np.asarray(written)) > 0, "a min-max depth spans levels"
+    _without_weights(call, "depth-anything", "depth_anything_v2_vitl.safetensors")
+
+
 def _without_weights(call: Call, command: str, filename: str) -> None:
     """No checkpoint anywhere: one ``error:`` line naming the file, exit 2, no download started."""
     (call.tmp / "no-models").mkdir()
@@ -453,6 +535,22 @@ def _run(call: Call) -> None:
     assert Image.open(out / "lineart" / "photo.png").size == (80, 64)
 
 
+@real_call("run-openpose-gray", "run")
+def _run_openpose_gray(call: Call) -> None:
+    """A pose network, its keypoints beside its guide, and a cheap condition in one pass."""
+    from guides.registry import get
+
+    photo = save_photo(call.tmp / "in" / "photo.png", blocks_photo())
+    out = call.tmp / "out"
+    call.guides("run", "openpose,gray", call.tmp / "in", "-o", out, "--models-dir", _openpose_models(call),
+                "--resolution", "64", "--device", "cpu", "-q", code=0)
+    assert Image.open(out / "openpose" / "photo.png").size == (80, 64)
+    document = json.loads((out / "openpose" / "photo.json").read_text())
+    assert (document["canvas_width"], document["canvas_height"]) == (80, 64), document
+    expected = get("gray").load(resolution=64).annotate(read_rgb(photo))
+    assert np.array_equal(np.asarray(Image.open(out / "gray" / "photo.png")), expected)
+
+
 @real_call("composite", "composite")
 def _composite(call: Call) -> None:
     image = blocks_photo()
@@ -496,6 +594,27 @@ def _dataset_webdataset(call: Call) -> None:
         names = archive.getnames()
     suffixes = ("image.png", "conditioning_image.png", "txt", "json")
     assert sorted(names) == sorted(f"{key:09d}.{suffix}" for key in range(2) for suffix in suffixes), names
+
+
+@real_call("dataset-openpose-union", "dataset")
+def _dataset_openpose_union(call: Call) -> None:
+    """openpose and tile as one Parquet dataset each, with the keypoints column and xinsir's modes."""
+    parquet = importlib.import_module("pyarrow.parquet")
+    for seed in (1, 2):
+        save_photo(call.tmp / "photos" / f"p{seed}.png", blocks_photo(seed=seed))
+    out = call.tmp / "train"
+    result = call.guides("dataset", call.tmp / "photos", "-a", "openpose,tile", "--prompt", "a photo", "-o", out,
+                         "--models-dir", _openpose_models(call), "--device", "cpu", "--union-model", "xinsir",
+                         "--resolution", "64", "--json", "-q", code=0)
+    report = json.loads(result.stdout)
+    assert report["failed"] == 0, report
+    pose = parquet.read_table(next((out / "openpose").glob("*.parquet")))
+    tile = parquet.read_table(next((out / "tile").glob("*.parquet")))
+    assert pose.num_rows == tile.num_rows == 2
+    assert {"openpose_keypoints", "control_type", "control_mode"} <= set(pose.column_names), pose.column_names
+    assert all(set(json.loads(text)) == {"people", "canvas_width", "canvas_height"}
+               for text in pose.column("openpose_keypoints").to_pylist())
+    assert pose.column("control_mode").to_pylist() == [0, 0] and tile.column("control_mode").to_pylist() == [6, 6]
 
 
 @real_call("models-list", "models")

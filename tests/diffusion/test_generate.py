@@ -395,7 +395,7 @@ def test_help_and_import_do_not_load_torch() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "--control [canny|depth|lineart|normals|sam|scribble|softedge|mlsd|lineart-anime]" in run.stdout
+    assert "--control [canny|depth|lineart|normals|sam|scribble|softedge|mlsd|lineart-anime|openpose|tile|shuffle]" in run.stdout
     words = " ".join(run.stdout.split())
     assert "[default: a cute cat, detailed high-quality professional image]" in words  # defaults shown
     assert "[default: 2;" in words and "[default: 30;" in words and "[default: 7.5;" in words

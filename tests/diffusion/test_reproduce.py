@@ -41,7 +41,7 @@ CONTEXT_CONTROLNETS = {
 CONTEXT_SCALE = 0.5
 #: The SD 1.5 kinds of the soft-edge and line annotators (issue 14), in registry order: generated with, not
 #: reproduced (the reference folder has no image of them).
-LINE_KINDS = ("scribble", "softedge", "mlsd", "lineart-anime")
+LINE_KINDS = ("scribble", "softedge", "mlsd", "lineart-anime", "openpose", "tile", "shuffle")
 
 
 def declared_controlnets() -> dict[str, str]:

@@ -75,6 +75,9 @@ KNOWN_REPOSITORIES = {
     "TheMistoAI/MistoLine": "344915650d49be75168c2c20e67bb18cb4341ae3",
     "lllyasviel/control_v11p_sd15_mlsd": "main",
     "lllyasviel/control_v11p_sd15s2_lineart_anime": "main",
+    "lllyasviel/control_v11p_sd15_openpose": "main",
+    "lllyasviel/control_v11f1e_sd15_tile": "main",
+    "lllyasviel/control_v11e_sd15_shuffle": "main",
 }
 
 
@@ -277,4 +280,4 @@ def test_sdxl_controlnets_are_recorded_but_not_generate_kinds() -> None:
     sdxl = [repo for repo in DIFFUSERS_REPOS.values() if repo.role == "controlnet" and repo.base != "sd15"]
     assert [repo.repo for repo in sdxl] == ["TheMistoAI/MistoLine"]
     assert sdxl[0].guide == "anyline" and sdxl[0].guide not in control_kinds()
-    assert {"softedge", "scribble", "mlsd", "lineart-anime"} <= set(control_kinds())
+    assert {"softedge", "scribble", "mlsd", "lineart-anime", "openpose", "tile", "shuffle"} <= set(control_kinds())

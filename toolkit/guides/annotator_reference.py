@@ -34,15 +34,22 @@ def _default(info: OptionInfo) -> str:
     return f"{value:,}" if isinstance(value, int) and value >= 10_000 else str(value)
 
 
+def _bound(value: float) -> str:
+    """A range bound as a reader writes it: whole numbers in full (``4,294,967,295``, never ``4.29497e+09``)."""
+    if float(value).is_integer():
+        return f"{int(value):,}" if abs(value) >= 10_000 else str(int(value))
+    return f"{value:g}"
+
+
 def _allowed(info: OptionInfo) -> str:
     if info.choices is not None:
         return ", ".join(f"`{choice}`" for choice in info.choices)
     if info.min is not None and info.max is not None:
-        return f"{info.min:g} to {info.max:g}"
+        return f"{_bound(info.min)} to {_bound(info.max)}"
     if info.min is not None:
-        return f">= {info.min:g}"
+        return f">= {_bound(info.min)}"
     if info.max is not None:
-        return f"<= {info.max:g}"
+        return f"<= {_bound(info.max)}"
     if info.metavar:
         return f"`{info.metavar}`" + (" (repeatable)" if info.multiple else "")
     return ""
@@ -68,9 +75,14 @@ def annotator_section(cls: type) -> list[str]:
     rows = [info for info in option_infos(cls.Options) if info.cli and not (is_learned and info.name in common)]
     lines += ["| option | default | values | |", "| --- | --- | --- | --- |"]
     lines += [f"| {_flag(info)} | {_cell(_default(info))} | {_cell(_allowed(info))} | {_cell(info.help)} |" for info in rows]
+    sidecar = getattr(cls, "sidecar", None)
+    if sidecar is not None:
+        lines += [f"| `{sidecar.option} DIR` | none | a folder | {_cell(sidecar.help)} Written to "
+                  f"DIR/<relative path>.json (`guides run`: beside the guide; `guides dataset`: column "
+                  f"`{cls.name}_{sidecar.name}`). |"]
     lines.append("")
     if cls.checkpoints:
-        names = ", ".join(f"`{checkpoint.name}` ({checkpoint.filename})" for checkpoint in cls.checkpoints)
+        names = ", ".join(f"`{checkpoint.name}` ({checkpoint.folder_name})" for checkpoint in cls.checkpoints)
         lines.append(f"Checkpoints: {names}.")
     if cls.controlnets:
         nets = ", ".join(f"`{net.repo}` at scale {net.scale:g}" for net in cls.controlnets)

@@ -50,6 +50,15 @@ BUILT_IN: Mapping[str, str] = MappingProxyType({
     "mlsd": "guides.annotators.mlsd:MlsdAnnotator",
     "lineart-anime": "guides.annotators.lineart_anime:LineartAnimeAnnotator",
     "lineart-standard": "guides.annotators.lineart_standard:LineartStandardAnnotator",
+    "openpose": "guides.annotators.openpose:OpenposeAnnotator",
+    "depth-anything": "guides.annotators.depth_anything:DepthAnythingAnnotator",
+    "blur": "guides.annotators.blur:BlurAnnotator",
+    "tile": "guides.annotators.tile:TileAnnotator",
+    "gray": "guides.annotators.gray:GrayAnnotator",
+    "low-quality": "guides.annotators.low_quality:LowQualityAnnotator",
+    "shuffle": "guides.annotators.shuffle:ShuffleAnnotator",
+    "color": "guides.annotators.color:ColorAnnotator",
+    "binary": "guides.annotators.binary:BinaryAnnotator",
 })
 
 

@@ -63,6 +63,12 @@ def _size_text(entry: Checkpoint) -> str:
     return human_size(entry.size) if entry.size is not None else f"~{human_size(entry.size_hint)}"
 
 
+def _licence_text(entry: Checkpoint) -> str:
+    """The licence's short name (the text before any parenthesis), marked when it is non-commercial."""
+    short = entry.licence.split(" (", 1)[0].strip() or entry.licence
+    return f"{short} (non-commercial)" if entry.non_commercial else short
+
+
 def _table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
@@ -104,17 +110,18 @@ def models() -> None:
 @models.command("list", short_help="Every checkpoint and where it is found.")
 @MODELS_DIR_OPTION
 def list_models(models_dir: str | None) -> None:
-    """Every checkpoint: name, used by, file, hub revision, size, and where it is found (or "missing").
+    """Every checkpoint: name, used by, file, hub revision, size, licence, and where it is found (or "missing").
 
     REVISION is the hub commit a download fetches (its first 12 digits), or "main (not pinned)" where no
     commit is known: that file may change on the hub between two downloads.
     """
     checkpoints, repositories = _catalog()
-    rows: list[tuple[str, ...]] = [("NAME", "USED BY", "FILE", "REVISION", "SIZE", "FOUND")]
+    rows: list[tuple[str, ...]] = [("NAME", "USED BY", "FILE", "REVISION", "SIZE", "LICENCE", "FOUND")]
     for entry in checkpoints.values():
         located = locate_checkpoint(entry.name, models_dir=models_dir)
         found = "missing" if located is None else f"{located.path} ({located.where})"
-        rows.append((entry.name, entry.used_by, entry.filename, revision_text(entry), _size_text(entry), found))
+        rows.append((entry.name, entry.used_by, entry.filename, revision_text(entry), _size_text(entry),
+                     _licence_text(entry), found))
     _table(rows)
     click.echo("")
     rows = [("NAME", "USED BY", "HUB REPO", "REVISION", "SIZE", "FOUND")]

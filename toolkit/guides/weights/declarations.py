@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-Container = Literal["state_dict", "model_dict", "state_dict_entry"]
+Container = Literal["state_dict", "model_dict", "state_dict_entry", "safetensors"]
 
 #: Where ``--models-dir`` is read from when not given (a flat folder of checkpoints under their hub file names).
 MODELS_DIR_ENV = "GUIDES_MODELS_DIR"
@@ -44,7 +44,9 @@ class Checkpoint:
 
     ``container``: ``"state_dict"`` (the file is the state dict), ``"model_dict"`` (a dict holding the
     state dict under ``"model"``) or ``"state_dict_entry"`` (a dict holding it under ``"state_dict"``, as
-    training scripts save a checkpoint with its epoch: PiDiNet's ``table5_pidinet.pth``).
+    training scripts save a checkpoint with its epoch: PiDiNet's ``table5_pidinet.pth``) or ``"safetensors"``
+    (a safetensors file: a flat name -> tensor table, memory-mapped, no pickle at all; the ``model.safetensors``
+    of transformers-layout hub repositories).
     ``may_have_module_prefix``: keys may start with ``module.`` (saved from ``nn.DataParallel``). ``size``:
     exact bytes, checked on download and by ``guides models verify``. ``sha256``: full hex digest where
     known. ``md5_prefix``: the start of the MD5 digest that the file name carries (SAM's
@@ -69,6 +71,14 @@ class Checkpoint:
     when: tuple[tuple[str, object], ...] = ()
     """The option values that select this file among its annotator's checkpoints (``(("coarse", True),)``);
     empty: always loaded."""
+    local_name: str | None = None
+    """The file's name in a flat models folder when its hub file name is shared by other declared files
+    (the three Depth Anything V2 ``-hf`` repositories each hold a ``model.safetensors``): the only name
+    looked up there (besides ``<repo name>/<file name>``), and the name ``guides models download --to DIR``
+    writes it under. None: the hub name."""
+    non_commercial: bool = False
+    """The licence forbids commercial use (CC-BY-NC-4.0): ``guides models list`` marks it and a download
+    says so in a warning line."""
 
     def selected_by(self, options: object) -> bool:
         """Whether an annotator with ``options`` loads this file (every ``when`` pair matches)."""
@@ -81,8 +91,17 @@ class Checkpoint:
 
     @property
     def flat_names(self) -> tuple[str, ...]:
-        """Names accepted in a flat models folder: the hub file name, then its basename if different."""
+        """Names accepted in a flat models folder: ``local_name`` where declared (a hub name shared by several
+        files would be ambiguous there), then ``<repo name>/<hub file name>`` (the repository's folder, as a
+        ``--local-dir`` download makes it); else the hub file name, then its basename if different."""
+        if self.local_name is not None:
+            return (self.local_name, f"{self.repo.rsplit('/', 1)[-1]}/{self.filename}")
         return (self.filename,) if self.basename == self.filename else (self.filename, self.basename)
+
+    @property
+    def folder_name(self) -> str:
+        """The name to give the file in a flat models folder (``local_name``, else the basename)."""
+        return self.local_name if self.local_name is not None else self.basename
 
     @property
     def key_filters(self) -> tuple[str, ...]:

@@ -1,7 +1,8 @@
 """Loading checkpoints safely (never unpickle code) and fast (no wasted random initialisation).
 
 ``read_state_dict`` reads a file with ``torch.load(weights_only=True, mmap=True)`` and unwraps its
-container. ``load_checkpoint_into`` builds the network on the meta device (``with torch.device("meta")``, a
+container; a safetensors file (container ``"safetensors"``) is read by ``read_safetensors``: its header
+checked, the file memory-mapped once and each tensor a view into that mapping (no copy, no pickle). ``load_checkpoint_into`` builds the network on the meta device (``with torch.device("meta")``, a
 thread-local mode: nothing global is patched), fills the buffers the network computes itself, applies only
 the named key filters, checks the keys strictly and assigns the loaded tensors to the network
 (``load_state_dict(assign=True)``), so the weights are read once and never copied into a throw-away random
@@ -13,9 +14,11 @@ known difference between a public file and the network we build. Anything else i
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import re
+import sys
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,7 +36,7 @@ StateDict = dict[str, "torch.Tensor"]
 KeyFilter = Callable[[StateDict, "nn.Module"], StateDict]
 KeyFilterSpec = Union[str, KeyFilter]
 
-CONTAINERS = ("state_dict", "model_dict", "state_dict_entry")
+CONTAINERS = ("state_dict", "model_dict", "state_dict_entry", "safetensors")
 _SHOWN_KEYS = 8  # keys listed in an error message before "... and N more"
 
 
@@ -47,8 +50,12 @@ def _redownload_hint(path: Path) -> str:
     """How to get a good copy: the download command, naming the checkpoint when the file name is known."""
     from guides.weights.catalog import CHECKPOINTS
 
-    names = [c.name for c in CHECKPOINTS.values() if Path(path).name == c.basename]
-    name = names[0] if names else "NAME"
+    entries = list(CHECKPOINTS.values())
+    # a flat-folder name (``local_name``) is unambiguous; a hub name shared by several files is not
+    names = [c.name for c in entries if Path(path).name == c.folder_name]
+    if not names:
+        names = [c.name for c in entries if Path(path).name == c.basename]
+    name = names[0] if len(names) == 1 else "NAME"
     return f"delete it and download it again (`guides models download {name}`)"
 
 
@@ -114,6 +121,112 @@ def read_checkpoint_file(path: str | Path, *, mmap: bool = True) -> Any:
         ) from None
 
 
+# safetensors: an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}},
+# then the tensors' bytes (offsets relative to the end of the header). Spec: huggingface/safetensors README.
+_SAFETENSORS_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+}
+_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's own limit
+
+
+def _safetensors_header(path: Path, file_size: int) -> tuple[dict[str, Any], int]:
+    """The checked header of a safetensors file and where its tensor bytes start; ValueError saying what is
+    wrong (the caller names the file)."""
+    if file_size < 8:
+        raise EOFError(f"{file_size} bytes, shorter than the 8-byte header length")
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if length > min(file_size - 8, _SAFETENSORS_MAX_HEADER):
+            raise ValueError(f"header length {length:,} does not fit a file of {file_size:,} bytes")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"header is not JSON: {error}") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"header is a JSON {type(header).__name__}, not an object")
+    header.pop("__metadata__", None)
+    start = 8 + length
+    data_size = file_size - start
+    spans: list[tuple[int, int, str]] = []
+    for name, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise ValueError(f"entry {name!r} is not {{dtype, shape, data_offsets}}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"entry {name!r} has the unsupported dtype {dtype!r}")
+        if (not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape)
+                or not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(n, int) for n in offsets) or not 0 <= offsets[0] <= offsets[1]):
+            raise ValueError(f"entry {name!r} has a malformed shape or data_offsets")
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            raise ValueError(f"entry {name!r} starts at byte {begin}, not where the previous one ends ({end})")
+        end = stop
+    if end > data_size:
+        raise EOFError(f"the tensors need {end:,} bytes after the header, the file has {data_size:,}")
+    return header, start
+
+
+def read_safetensors(path: str | Path, *, mmap: bool = True) -> StateDict:
+    """The tensors of a safetensors file (name -> tensor), read without pickle.
+
+    The header is checked first (known dtypes, byte ranges that tile the data exactly, sizes that match
+    the shapes); then the file is memory-mapped once (``UntypedStorage.from_file``, a private mapping as
+    ``torch.load(weights_only=True, mmap=True)`` makes) and every tensor is a view of its bytes: nothing is copied or read
+    before it is used, and processes loading one file share its page cache. ``mmap=False`` reads the file
+    into memory instead. A damaged file is a WeightsError naming it.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: checkpoint file not found")
+    file_size = path.stat().st_size
+    if file_size == 0:
+        raise WeightsError(f"{path}: checkpoint file is empty (truncated download?); {_redownload_hint(path)}")
+    if sys.byteorder != "little":  # pragma: no cover - the format is little-endian; views would be wrong
+        raise WeightsError(f"{path}: safetensors files can only be memory-mapped on little-endian machines")
+    try:
+        header, start = _safetensors_header(path, file_size)
+    except EOFError as error:
+        raise WeightsError(
+            f"{path}: cannot read checkpoint, the safetensors file is truncated ({error}); {_redownload_hint(path)}"
+        ) from None
+    except (ValueError, OSError) as error:
+        raise WeightsError(
+            f"{path}: cannot read checkpoint, not a valid safetensors file ({error}); {_redownload_hint(path)}"
+        ) from None
+    if mmap:
+        storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=file_size)
+        data = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (file_size,), (1,))
+    else:
+        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    tensors: StateDict = {}
+    for name, info in header.items():
+        dtype = getattr(torch, _SAFETENSORS_DTYPES[info["dtype"]])
+        shape = tuple(info["shape"])
+        begin, stop = (start + offset for offset in info["data_offsets"])
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        count = 1
+        for n in shape:
+            count *= n
+        if stop - begin != count * itemsize:
+            raise WeightsError(f"{path}: not a valid safetensors file (entry {name!r}: {stop - begin} bytes for "
+                               f"shape {list(shape)} of {info['dtype']})")
+        raw = data[begin:stop]
+        if count == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+        else:  # a view where the bytes are aligned for the dtype (the format pads its header for that)
+            raw = raw if begin % itemsize == 0 else raw.clone()
+            tensors[name] = raw.view(dtype).view(shape)
+    return tensors
+
+
 def unwrap_model_dict(obj: Any, *, path: str | Path = "checkpoint") -> Any:
     """Key transformation: a ``{"model": state_dict, ...}`` container -> the state dict inside it.
 
@@ -169,11 +282,14 @@ def read_state_dict(path: str | Path, *, container: str, mmap: bool = True) -> S
     """Read a checkpoint file safely and return its state dict (name -> tensor, memory-mapped).
 
     ``container`` is ``"state_dict"`` (the file is the state dict), ``"model_dict"`` (the state dict is
-    under ``"model"``, unwrapped by ``unwrap_model_dict``) or ``"state_dict_entry"`` (under
-    ``"state_dict"``, unwrapped by ``unwrap_state_dict_entry``).
+    under ``"model"``, unwrapped by ``unwrap_model_dict``), ``"state_dict_entry"`` (under
+    ``"state_dict"``, unwrapped by ``unwrap_state_dict_entry``) or ``"safetensors"`` (a safetensors file,
+    ``read_safetensors``).
     """
     if container not in CONTAINERS:
         raise ValueError(f"container must be one of {CONTAINERS}, not {container!r}")
+    if container == "safetensors":
+        return read_safetensors(path, mmap=mmap)
     obj = read_checkpoint_file(path, mmap=mmap)
     if container == "model_dict":
         obj = unwrap_model_dict(obj, path=path)
@@ -397,7 +513,7 @@ def load_checkpoint_into(
 ) -> nn.Module:
     """Build the network ``factory()`` returns and load the checkpoint at ``path`` into it, strictly.
 
-    ``container``: ``"state_dict"``, ``"model_dict"`` or ``"state_dict_entry"``. ``key_filters``: named
+    ``container``: ``"state_dict"``, ``"model_dict"``, ``"state_dict_entry"`` or ``"safetensors"``. ``key_filters``: named
     transformations (functions or their names in ``KEY_FILTERS``) applied in order before the strict key
     check. The network is built without random initialisation of its parameters and receives the
     memory-mapped tensors of the file; it is returned in eval mode on the CPU.

@@ -49,7 +49,8 @@ bytes; `main (not pinned)` marks the files for which no commit is known: those f
 Commands: `guides models list` (where each one is found), `guides models download NAME... | --all
 [--to models]`, `guides models verify [--models-dir models]`, `guides models path NAME`.
 
-Loading never unpickles code (`torch.load(weights_only=True)`); a file that needs more is refused.
+Loading never unpickles code (`torch.load(weights_only=True)`; safetensors files have no pickle at all); a
+file that needs more is refused.
 Downloads are checked against the sizes and checksums below and deleted on a mismatch; files you put
 here yourself are checked only by `guides models verify`.
 
@@ -110,6 +111,13 @@ def _paragraph(text: str) -> list[str]:
     if not text:
         return []
     return [textwrap.fill(text, width=104, break_long_words=False, break_on_hyphens=False), ""]
+
+
+def _file_cell(checkpoint: Checkpoint) -> str:
+    """The names a flat folder accepts: the folder name, then the hub path where it differs."""
+    if checkpoint.local_name is not None:
+        return f"`{checkpoint.local_name}` (or `{checkpoint.flat_names[1]}`; the hub's `{checkpoint.filename}`)"
+    return f"`{checkpoint.basename}`" + (f" (or `{checkpoint.filename}`)" if checkpoint.filename != checkpoint.basename else "")
 
 
 def _repo_link(repo: str) -> str:
@@ -177,7 +185,7 @@ def _enumeration(items: Iterable[str]) -> str:
 def _formats(checkpoints: list[Checkpoint]) -> str:
     """The formats paragraph: which files are plain state dicts, which wrap it, which need key filters."""
     def files(entries: Iterable[Checkpoint]) -> str:
-        return _enumeration(f"`{entry.basename}`" for entry in entries)
+        return _enumeration(f"`{entry.folder_name}`" for entry in entries)
 
     plain = [c for c in checkpoints if c.container == "state_dict"]
     wrapped = [c for c in checkpoints if c.container == "model_dict"]
@@ -189,6 +197,10 @@ def _formats(checkpoints: list[Checkpoint]) -> str:
     entry = [c for c in checkpoints if c.container == "state_dict_entry"]
     if entry:
         parts.append(f"{files(entry)} {'holds' if len(entry) == 1 else 'hold'} it under `\"state_dict\"`")
+    tensors = [c for c in checkpoints if c.container == "safetensors"]
+    if tensors:
+        parts.append(f"{files(tensors)} {'is a safetensors file' if len(tensors) == 1 else 'are safetensors files'} "
+                     "(the hub's `model.safetensors`, transformers' key names, read memory-mapped)")
     sentences = ["Formats: " + "; ".join(parts) + "."] if parts else []
     filters: dict[str, list[Checkpoint]] = {}
     for checkpoint in checkpoints:
@@ -200,7 +212,7 @@ def _formats(checkpoints: list[Checkpoint]) -> str:
 
 
 def _revisions(checkpoints: list[Checkpoint], repositories: list[DiffusersRepo]) -> str:
-    unpinned = [f"`{c.basename}`" for c in checkpoints if not c.pinned]
+    unpinned = [f"`{c.folder_name}`" for c in checkpoints if not c.pinned]
     unpinned += [f"`{r.name}` ({r.repo})" for r in repositories if not r.pinned]
     text = ("About the revisions: each commit is one found stated in public code next to the file (download "
             "scripts and manifests fetching `https://huggingface.co/REPO/resolve/COMMIT/FILE`, or hub cache "
@@ -231,7 +243,7 @@ def render() -> str:
         (
             (
                 f"`{c.name}`",
-                f"`{c.basename}`" + (f" (or `{c.filename}`)" if c.filename != c.basename else ""),
+                _file_cell(c),
                 _repo_link(c.repo),
                 _revision(c),
                 _size(c),

@@ -8,6 +8,9 @@ Environment read at call time (so a test or a long-lived process can change it):
 
 A flat folder holds files under their hub file names, the way ComfyUI and A1111 users keep them
 (``models/ZoeD_M12_N.pt``; SAM's ``checkpoints/sam_vit_h_4b8939.pth`` or just ``sam_vit_h_4b8939.pth``).
+A hub name several declared files share (each Depth Anything V2 ``-hf`` repository's ``model.safetensors``)
+is ambiguous there: such a file is declared with its own ``local_name``
+(``depth_anything_v2_vits.safetensors``), the name looked up and the name ``download --to`` writes.
 Files found there or given explicitly are used as they are; downloaded files are checked against the
 catalog's size and sha256 and refused (deleted) on a mismatch.
 """
@@ -18,6 +21,7 @@ import hashlib
 import inspect
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -199,7 +203,7 @@ def missing_message(entry: Checkpoint, models_dir: str | Path | None, *, reason:
     return (
         f"checkpoint {entry.name!r} ({entry.filename} from hub repo {entry.repo}) is not available{searched}: "
         f"{reason}; run `guides models download {entry.name}` (or add --download to the command), or put "
-        f"{entry.basename} in a folder passed with --models-dir DIR (or {MODELS_DIR_ENV})"
+        f"{entry.folder_name} in a folder passed with --models-dir DIR (or {MODELS_DIR_ENV})"
     )
 
 
@@ -240,7 +244,9 @@ def download_checkpoint(entry: Checkpoint | str, to: str | Path | None = None) -
 
     The hub client shows its progress bar. A size or sha256 mismatch deletes the file and raises.
     Offline (``HF_HUB_OFFLINE``) or unreachable hub (checked first with one bounded request,
-    ``probe_hub_file``): WeightsError with the alternatives, at once.
+    ``probe_hub_file``): WeightsError with the alternatives, at once. A file with a non-commercial licence
+    gets a warning line saying so before it is fetched. Into ``to``, a file declaring a ``local_name`` is
+    fetched into a hidden staging folder there and moved to that name (its hub name is shared).
     """
     if isinstance(entry, str):
         entry = get_checkpoint(entry)
@@ -251,9 +257,15 @@ def download_checkpoint(entry: Checkpoint | str, to: str | Path | None = None) -
         raise WeightsError(missing_message(entry, to, reason=f"download failed: {unreachable}"))
     from huggingface_hub import hf_hub_download
 
+    if entry.non_commercial:
+        log.warning("%s: %s is licensed %s: non-commercial use only", entry.name, entry.filename, entry.licence)
     kwargs: dict[str, object] = {"revision": entry.revision, "endpoint": hub_endpoint()}
+    staging: Path | None = None
     if to is not None:
         kwargs["local_dir"] = Path(to).expanduser()
+        if entry.local_name is not None:
+            staging = Path(to).expanduser() / f".guides-download-{entry.name}"
+            kwargs["local_dir"] = staging
     else:
         kwargs["cache_dir"] = hub_cache_dir()
     log.info("downloading %s from %s", entry.filename, entry.repo)
@@ -261,6 +273,11 @@ def download_checkpoint(entry: Checkpoint | str, to: str | Path | None = None) -
         path = Path(hf_hub_download(entry.repo, entry.filename, **kwargs))  # type: ignore[arg-type]
     except Exception as error:  # the hub client raises many types (HTTP, connection, OS): all mean "not here"
         raise WeightsError(missing_message(entry, to, reason=f"download failed ({first_line(error, limit=None)})")) from None
+    if staging is not None and entry.local_name is not None:
+        target = staging.parent / entry.local_name
+        os.replace(path, target)
+        shutil.rmtree(staging, ignore_errors=True)
+        path = target
     problems = check_file(entry, path)
     if problems:
         _remove_cached_download(path)
