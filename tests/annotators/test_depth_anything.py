@@ -28,6 +28,7 @@ from guides.errors import DeviceError, UsageError, WeightsError
 from guides.registry import get
 from guides.weights.catalog import declared_controlnets, guide_controlnet
 from guides.weights.union_models import UnionMode
+from tests.annotators.bad_folder_runs import run_bad_folder
 from tests.annotators.parity import agreement
 from tests.cli_testing import invoke
 from tests.nets.test_depth_anything import (
@@ -273,23 +274,10 @@ def test_folder_with_bad_files_fails_those_files_only(models_dir: Path, tmp_path
     """A corrupt file and a 3 x 700 strip (network input 120862 x 518 at --input-size 518: 62.6 M pixels,
     refused before anything is resized) fail with one line each; a 1 x 1 image succeeds (network input
     518 x 518, guide 1 x 1) and the fine image is written."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "bad.png").write_bytes(b"not an image")
-    Image.fromarray(make_photo(5, 3, 700)).save(folder / "strip.png")
-    Image.fromarray(make_photo(6, 1, 1)).save(folder / "tiny.png")
-    Image.fromarray(make_photo(7, 40, 40)).save(folder / "fine.png")
-    out = tmp_path / "out"
-    result = invoke("depth-anything", str(folder), "--models-dir", str(models_dir), "--model", "small", "--device",
-                    "cpu", "--batch-size", "2", "-o", str(out), "-q")
-    assert result.exit_code == 1, result.output
-    failures = sorted(line for line in result.output.splitlines() if line.startswith("failed:"))
-    assert len(failures) == 2, result.output
-    assert failures[0].startswith(f"failed: {folder / 'bad.png'}: not an image"), failures
-    assert failures[1] == (
-        f"failed: {folder / 'strip.png'}: 700x3 image: network input 120862x518 at --input-size 518 has "
+    _, strip = run_bad_folder("depth-anything", tmp_path, make_photo, "--models-dir", str(models_dir), "--model", "small",
+                              "--device", "cpu", "--batch-size", "2")
+    assert strip == (
+        f"failed: {tmp_path / 'in' / 'strip.png'}: 700x3 image: network input 120862x518 at --input-size 518 has "
         "62,606,516 pixels, over the depth-anything limit of 8,388,608 (the aspect ratio is too extreme: crop "
         "the image, or use a smaller --input-size or raise --max-working-pixels)"
-    ), failures
-    assert sorted(p.name for p in out.iterdir()) == ["fine.png", "tiny.png"]
-    assert Image.open(out / "tiny.png").size == (1, 1) and Image.open(out / "fine.png").size == (40, 40)
+    ), strip
