@@ -30,6 +30,7 @@ from guides.annotators.learned import pad_to_multiple
 from guides.annotators.mlsd import MlsdAnnotator, MlsdOptions
 from guides.errors import DeviceError, InputError, UsageError, WeightsError
 from guides.registry import get
+from tests.annotators.bad_folder_runs import run_bad_folder
 from tests.cli_testing import invoke
 
 CHECKPOINT = "mlsd_large_512_fp32.pth"
@@ -416,22 +417,9 @@ def test_folder_with_bad_files_fails_those_files_only(reference: Reference, tmp_
     """A corrupt file and a 3 x 700 strip (working size 512 x 119488 at --resolution 512: 61 Mpx, refused
     before any resizing) fail with one line each; a 1 x 1 image succeeds (working size 512 x 512, guide
     1 x 1) and the fine image is written (the same working size: one batch of two)."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "bad.png").write_bytes(b"not an image")
-    Image.fromarray(make_photo(5, 3, 700)).save(folder / "strip.png")
-    Image.fromarray(make_photo(6, 1, 1)).save(folder / "tiny.png")
-    Image.fromarray(make_photo(7, 40, 40)).save(folder / "fine.png")
-    out = tmp_path / "out"
-    result = invoke("mlsd", str(folder), "--models-dir", str(reference.models_dir), "--device", "cpu",
-                    "--batch-size", "2", "-o", str(out), "-q")
-    assert result.exit_code == 1, result.output
-    failures = sorted(line for line in result.output.splitlines() if line.startswith("failed:"))
-    assert len(failures) == 2, result.output
-    assert failures[0].startswith(f"failed: {folder / 'bad.png'}: ") and "not an image" in failures[0], failures
-    assert failures[1] == (
-        f"failed: {folder / 'strip.png'}: 700x3 image: working size 119488x512 at --resolution 512 has "
+    _, strip = run_bad_folder("mlsd", tmp_path, make_photo, "--models-dir", str(reference.models_dir), "--device", "cpu",
+                              "--batch-size", "2")
+    assert strip == (
+        f"failed: {tmp_path / 'in' / 'strip.png'}: 700x3 image: working size 119488x512 at --resolution 512 has "
         "61,177,856 pixels, over the mlsd limit of 16,777,216 (use a smaller --resolution or raise --max-working-pixels)"
-    ), failures
-    assert sorted(p.name for p in out.iterdir()) == ["fine.png", "tiny.png"]
-    assert Image.open(out / "tiny.png").size == (1, 1) and Image.open(out / "fine.png").size == (40, 40)
+    ), strip
