@@ -10,7 +10,7 @@ after a warm-up; ratio ours / reference (target <= 0.8).
   network (random weights, ``hand_pose_model.pth`` format) then runs on every hand crop at its four scales
   (184 to 736 px) and the real face network (``facenet.pth`` format) on every face crop, on both sides.
 
-Both sides get identical weights (separate copies: ours is converted to channels-last). The figures
+Both sides get identical weights (separate copies: ours runs its convolutions on NNPACK in fp32). The figures
 depend on the CPU's load: on the shared 2-core development machine they are noisy.
 
 Usage: ``python bench/bench_openpose.py [--rounds 2] [--people 1] [--skip-hands]``

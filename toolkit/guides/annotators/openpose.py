@@ -177,12 +177,15 @@ class OpenposeAnnotator(LearnedAnnotator):
         return OpenposeNetworks(networks[BODY], networks.get(HAND), networks.get(FACE))
 
     def to_device(self, model: Any) -> Any:
+        from ..nets.nnpack_convolution import runs_on_nnpack
         from ..nets.openpose import to_channels_last
 
         for flag, network in (("hands", model.hand), ("face", model.face)):
             if getattr(self.options, flag) and network is None:
                 raise UsageError(f"openpose: --{flag} needs its network, which this model does not hold")
         model = model.to(self.device, self.dtype).eval()
+        if runs_on_nnpack(self.device, self.dtype):
+            return model  # NCHW, as NNPACK reads it
         return to_channels_last(model) if self.device.type in ("cpu", "cuda") else model
 
     # ---------------------------------------------------------------------------- the engine stages
