@@ -195,7 +195,7 @@ def test_write_atomic_replaces_and_stale_temp_files_are_removed(tmp_path: Path) 
 
 
 def test_temp_names_carry_the_sanitised_host_and_are_synced_before_the_rename(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("socket.gethostname", lambda: "node 7/gpu-a.example")
+    monkeypatch.setattr("guides.imaging._hostname", lambda: "node 7/gpu-a.example")
     assert host_tag() == "node_7_gpu-a.example"
     name = temp_path(tmp_path / "x.png").name
     assert name.startswith(f".x.png{TEMP_MARK}node_7_gpu-a.example-{os.getpid()}-")
@@ -404,10 +404,22 @@ def test_avif_without_pillow_support_is_refused_with_the_reason(tmp_path: Path, 
 
     # the ftyp box of an AVIF file; what Pillow's AVIF plugin says when it was built without libavif
     data = struct.pack(">I", 20) + b"ftypavif" + b"\x00" * 8 + b"rest of the file"
-    imaging._register_plugins()  # so that the real plugin's registration does not replace the one below
+    for format_name in imaging._OPENERS:  # import every plugin now, so that none replaces the one patched below
+        imaging._opener(format_name)
     factory = Image.OPEN["AVIF"][0] if "AVIF" in Image.OPEN else None
     monkeypatch.setitem(Image.OPEN, "AVIF", (factory, lambda prefix: "image file could not be identified because AVIF support not installed"))
     with pytest.raises(InputError) as info:
         imaging.decode_image(data, "photo.avif")
     assert str(info.value) == "photo.avif: unsupported image format: AVIF (the installed Pillow has no AVIF support)"
     assert ".avif" in IMAGE_SUFFIXES  # still listed in folders, so each is refused rather than skipped
+
+
+def test_a_png_folder_imports_only_the_png_plugin(tmp_path: Path) -> None:
+    """Identification imports Pillow's format plugins on need (start-up): decoding a PNG in a fresh process
+    imports PngImagePlugin and none of the later formats' plugins."""
+    path = tmp_path / "a.png"
+    cv2.imwrite(str(path), np.full((4, 5, 3), 7, np.uint8))
+    script = ("import sys, guides.imaging as i; i.load_image(sys.argv[1]); "
+              "print(sorted(m for m in sys.modules if m.startswith('PIL.') and m.endswith('ImagePlugin')))")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "['PIL.PngImagePlugin']", result.stdout + result.stderr

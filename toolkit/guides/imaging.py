@@ -25,11 +25,10 @@ Bad files raise ``InputError`` with a one-line reason; nothing here prints or lo
 from __future__ import annotations
 
 import functools
+import importlib
 import io
 import os
 import re
-import secrets
-import socket
 import struct
 import zlib
 from collections.abc import Mapping
@@ -289,7 +288,16 @@ TEMP_MARK = ".guides-tmp-"
 def host_tag() -> str:
     """This machine's name as it appears in temporary file names (characters other than letters,
     digits, ``.``, ``_`` and ``-`` replaced by ``_``, at most 64)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname() or "localhost")[:64] or "localhost"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", _hostname() or "localhost")[:64] or "localhost"
+
+
+def _hostname() -> str:
+    """``socket.gethostname()``; on POSIX the same name from ``os.uname`` without importing socket (start-up)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
 
 
 def temp_path(target: str | os.PathLike) -> Path:
@@ -299,7 +307,7 @@ def temp_path(target: str | os.PathLike) -> Path:
     needs a shared filesystem): ``remove_stale_temp_files`` only ever removes its own host's files.
     """
     target = Path(target)
-    return target.parent / f".{target.name}{TEMP_MARK}{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+    return target.parent / f".{target.name}{TEMP_MARK}{host_tag()}-{os.getpid()}-{os.urandom(4).hex()}"
 
 
 def commit_temp(temp: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -434,11 +442,10 @@ def _open_header(data: bytes, name: str | os.PathLike, max_pixels: int) -> Image
 def _identify(data: bytes, name: str | os.PathLike) -> ImageFile.ImageFile:
     """``Image.open``'s identification loop over Pillow's registered format plugins, restricted to
     ``IMAGE_FORMATS`` and without its decompression-bomb check (see the module docstring)."""
-    _register_plugins()
     prefix = data[:16]
     claimed = False  # a plugin of ours recognised the signature: never name another format then
     for format_name in _OPENERS:
-        registered = Image.OPEN.get(format_name)
+        registered = _opener(format_name)
         if registered is None:
             continue
         factory, accept = registered
@@ -461,17 +468,24 @@ def _identify(data: bytes, name: str | os.PathLike) -> ImageFile.ImageFile:
     raise InputError(name, _unsupported(None if claimed else _other_format(data)))
 
 
-def _register_plugins() -> None:
-    """Import the format plugins of ``IMAGE_FORMATS``: importing one registers it in Pillow's own
-    registry (``Image.OPEN``), as ``Image.open`` does on first use. Done on first decode, not at import,
-    to keep ``import guides`` fast."""
-    from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, MpoImagePlugin, PngImagePlugin  # noqa: F401
-    from PIL import TiffImagePlugin, WebPImagePlugin  # noqa: F401
+#: The Pillow plugin module of each format of ``_OPENERS``.
+_PLUGIN_MODULES = {"PNG": "PngImagePlugin", "JPEG": "JpegImagePlugin", "WEBP": "WebPImagePlugin",
+                   "BMP": "BmpImagePlugin", "TIFF": "TiffImagePlugin", "GIF": "GifImagePlugin",
+                   "AVIF": "AvifImagePlugin"}
 
-    try:
-        from PIL import AvifImagePlugin  # noqa: F401  (Pillow >= 11.2)
-    except ImportError:  # older Pillow: AVIF files are not identified, so refused as unsupported
-        pass
+
+def _opener(format_name: str) -> tuple | None:
+    """Pillow's (factory, accept) of ``format_name``, its plugin imported on first need (importing a plugin
+    registers it in ``Image.OPEN``, as ``Image.open`` does): a folder of PNGs imports the PNG plugin only,
+    not all seven (about 20 ms of start-up). None when this Pillow has no such plugin (AVIF before 11.2)."""
+    registered = Image.OPEN.get(format_name)
+    if registered is None:
+        try:
+            importlib.import_module(f"PIL.{_PLUGIN_MODULES[format_name]}")
+        except ImportError:
+            return None
+        registered = Image.OPEN.get(format_name)
+    return registered
 
 
 def _other_format(data: bytes) -> str | None:

@@ -36,25 +36,45 @@ Importing this package does not import torch or huggingface_hub.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from guides.weights.catalog import CHECKPOINTS, DIFFUSERS_REPOS, Checkpoint, DiffusersRepo, get_checkpoint
-from guides.weights.digest import file_sha256
-from guides.weights.load import (
-    KEY_FILTERS,
-    KeyFilterSpec,
-    drop_computed_buffers,
-    load_checkpoint_into,
-    read_state_dict,
-    strip_module_prefix,
-    unwrap_model_dict,
-)
-from guides.weights.resolve import resolve_checkpoint, resolve_diffusers_repo
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from guides.weights.catalog import CHECKPOINTS, DIFFUSERS_REPOS, Checkpoint, DiffusersRepo, get_checkpoint
+    from guides.weights.digest import file_sha256
+    from guides.weights.load import (
+        KEY_FILTERS,
+        KeyFilterSpec,
+        drop_computed_buffers,
+        load_checkpoint_into,
+        read_state_dict,
+        strip_module_prefix,
+        unwrap_model_dict,
+    )
+    from guides.weights.resolve import resolve_checkpoint, resolve_diffusers_repo
+
+#: Where each public name lives. Imported when first used (PEP 562), so that importing
+#: ``guides.weights.declarations`` (every annotator module does) costs no zipfile, hashlib or resolver
+#: import: a command that needs no checkpoint starts faster.
+_EXPORTS = {
+    "CHECKPOINTS": "catalog", "DIFFUSERS_REPOS": "catalog", "Checkpoint": "catalog", "DiffusersRepo": "catalog",
+    "get_checkpoint": "catalog", "file_sha256": "digest", "KEY_FILTERS": "load", "KeyFilterSpec": "load",
+    "drop_computed_buffers": "load", "load_checkpoint_into": "load", "read_state_dict": "load",
+    "strip_module_prefix": "load", "unwrap_model_dict": "load", "resolve_checkpoint": "resolve",
+    "resolve_diffusers_repo": "resolve",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'guides.weights' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"guides.weights.{module}"), name)
+
 
 __all__ = [
     "CHECKPOINTS",
@@ -90,6 +110,10 @@ def load_named_checkpoint(
     ``module.``, depth drops its saved relative_position_index tables after checking them);
     ``key_filters`` replaces the catalog's list when given; ``download`` as in ``resolve_checkpoint``.
     """
+    from guides.weights.catalog import get_checkpoint
+    from guides.weights.load import load_checkpoint_into
+    from guides.weights.resolve import resolve_checkpoint
+
     entry = get_checkpoint(name)
     path = resolve_checkpoint(name, explicit=explicit, models_dir=models_dir, download=download)
     filters = entry.key_filters if key_filters is None else tuple(key_filters)
