@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -70,6 +71,20 @@ if __name__ == "__main__":
 CONDITIONS = ("blur", "tile", "gray", "low-quality", "shuffle", "color", "binary")
 
 
+def compile_package() -> None:
+    """Byte-compile the guides package first, as ``pip install`` does for a regular install (an editable
+    install compiles on first import, unless PYTHONDONTWRITEBYTECODE is set, as on the development
+    machines): otherwise every fresh process of ours recompiles ~30 modules (~90 ms) while the raw loop's
+    numpy and cv2 come precompiled."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("guides")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        done = subprocess.run([sys.executable, "-m", "compileall", "-q", folder], capture_output=True)
+        print(f"byte-compiled {folder}" if done.returncode == 0 else f"could not byte-compile {folder}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100)
@@ -80,6 +95,7 @@ def main() -> None:
     guides = args.guides or shutil.which("guides") or str(Path(sys.executable).with_name("guides"))
     if not Path(guides).exists():
         sys.exit("install the package first: pip install -e .")
+    compile_package()
     work = Path(tempfile.mkdtemp(prefix="bench-union-"))
     try:
         src = work / "photos"
