@@ -248,20 +248,16 @@ def _by_prompt(masks: np.ndarray, points: np.ndarray, ious: np.ndarray) -> list[
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_cuda_annotator_matches_reference_on_cuda(tiny_sam_checkpoint, precision: str) -> None:
-    """What users get on CUDA: the annotator (loaded from a file, its point batches sized for the free
-    GPU memory by ``default_points_per_batch``, not the reference's 64) against SamAutomaticMaskGenerator
-    on the same GPU. Kernels may change reduction order with batch shape: at fp32 allow a few rounding
-    pixels; at fp16/bf16 the guide must come out (a dtype error in our code fails here) with the
-    reference's masks up to reduced-precision rounding."""
-    from guides.nets.sam_mask_generator import default_points_per_batch
-
+    """What users get on CUDA: the annotator with its default options (loaded from a file, 64 point prompts
+    per pass as on the CPU, never sized from free memory) against SamAutomaticMaskGenerator on the same GPU.
+    Kernels may change reduction order with batch shape: at fp32 allow a few rounding pixels; at fp16/bf16
+    the guide must come out (a dtype error in our code fails here) with the reference's masks up to
+    reduced-precision rounding."""
     image = blocks_image(96, 128)
     options = SamOptions(model="vit_b", models_dir=str(tiny_sam_checkpoint.models_dir), device="cuda", precision=precision,
                          resolution=0, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     annotator = SamAnnotator(options, engines=sam_engine_sharing.SamEngineCache())
     assert annotator.engine.device.type == "cuda"
-    users_batch = default_points_per_batch(annotator.engine.device, image.shape[:2])
-    assert users_batch != 64, "the test must run the point batches users get on CUDA, not the reference's"
     ours = annotator.segments(image)
     guide = annotator.annotate(image)
     assert guide.shape == image.shape and np.array_equal(guide, segment_painting.paint_segments(ours.masks, seed=0))
@@ -926,3 +922,15 @@ def test_loading_and_running_sam_never_tunes_the_allocator(tiny_sam_checkpoint, 
     assert spy.calls == [(-3, 1 << 30), (-1, 1 << 30)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
     assert guides.tune_allocator(1 << 28) is True
     assert spy.calls[2:] == [(-3, 1 << 28), (-1, 1 << 28)]
+
+
+def test_points_per_batch_is_an_option_with_one_default_on_every_device() -> None:
+    """The point batches come from the options alone (64, the reference's default), never from the device's
+    free memory, so the masks of a run do not depend on what else runs on the GPU."""
+    from guides.annotators.sam_annotator_base import generator_settings
+
+    class Engine:
+        device = torch.device("cuda")  # a CUDA engine: no query of its memory may happen here
+
+    assert generator_settings(Engine(), (512, 512), SamOptions()).points_per_batch == 64
+    assert generator_settings(Engine(), (512, 512), SamOptions(points_per_batch=16)).points_per_batch == 16

@@ -48,6 +48,12 @@ class SamModelOptions(ModelOptions):
     model: str = option("vit_h", "SAM backbone.", choices=MODEL_TYPES, label="SAM model")
     """SAM backbone: vit_h (default, as the ControlNet SAM guides), vit_l or vit_b."""
     points_per_side: int = option(32, "Point prompts per image side (points-per-side squared prompts).", min=1, max=256)
+    points_per_batch: int = option(
+        64, "Point prompts per mask-decoder pass (one default on every device: the masks never depend on free "
+        "GPU memory).", min=1, max=1024,
+    )
+    """segment_anything's ``points_per_batch``: 64 (its default) gives bit-identical scores on the CPU; more
+    is faster on a large GPU, and changes scores by float rounding only."""
     pred_iou_thresh: float = option(0.88, "Keep masks whose predicted IoU is above this (0 keeps all).", min=0.0, max=1.0)
     stability_score_thresh: float = option(
         0.95, "Keep masks whose stability score is at least this (0 keeps all).", min=0.0, max=1.0,
@@ -74,12 +80,12 @@ class SamItem:
 
 
 def generator_settings(engine: SamEngine, image_size: tuple[int, int], options: SamModelOptions) -> GeneratorSettings:
-    """``GeneratorSettings`` from the options; point batches sized for the engine's device."""
-    from ..nets.sam_mask_generator import GeneratorSettings, default_points_per_batch
+    """``GeneratorSettings`` from the options (the same on every device and whatever else runs on it)."""
+    from ..nets.sam_mask_generator import GeneratorSettings
 
     return GeneratorSettings(
         points_per_side=options.points_per_side,
-        points_per_batch=default_points_per_batch(engine.device, image_size),
+        points_per_batch=options.points_per_batch,
         pred_iou_thresh=options.pred_iou_thresh,
         stability_score_thresh=options.stability_score_thresh,
         min_mask_region_area=options.min_region_area,

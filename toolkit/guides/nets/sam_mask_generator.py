@@ -240,15 +240,3 @@ def _process_points(model: Sam, predictor: SamPredictor, points: np.ndarray, set
         candidate_points,
     )
     return segments, boxes_t, candidate_iou
-
-
-def default_points_per_batch(device: torch.device, image_size: tuple[int, int]) -> int:
-    """Point prompts per decoder pass: 64 (segment_anything's default, needed for bit-identical scores) on
-    the CPU; on CUDA as many as fit in about half of the free memory (each prompt holds a dozen
-    embedding-sized activations), between 16 and 256."""
-    if device.type != "cuda":
-        return 64
-    free, _ = torch.cuda.mem_get_info(device)
-    height, width = image_size
-    per_point = 12 * 4096 * 256 * 4 + 4 * 256 * 256 * 4 * 8 + 3 * height * width * 4
-    return int(max(16, min(256, (free // 2) // per_point)))
