@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +131,66 @@ class Unstaged:
 
     def annotate_batch(self, images):
         return self.annotator.annotate_batch(images)
+
+
+class DeviceShapedStages(Annotator):
+    """A staged annotator shaped like a learned one on a GPU (issue: GPU-shaped engine): ``prepare`` and
+    ``finish`` each do ``seconds`` of OpenCV work (Gaussian blurs, which release the GIL: a fixed count,
+    calibrated once on this machine, so a busy CPU makes them slower, as real work; run it with
+    ``cv2.setNumThreads(1)``, ``single_threaded_opencv``, so that each stage holds one core, as the issue's
+    model of 40 ms per stage and its ideal of 0.33x assume), and ``predict`` waits
+    ``seconds`` per image without holding the GIL, as a device call does. The guide is half of the red
+    channel."""
+
+    name = "device-shaped"
+    summary = "Fixed CPU work before and after a GIL-free wait (a test fake)."
+
+    def __init__(self, seconds: float = 0.04, size: int = 256) -> None:
+        super().__init__()
+        self.seconds = seconds
+        sample = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+        self.blur(sample, 3)  # warm-up
+        started = time.perf_counter()
+        self.blur(sample, 20)
+        self.blurs = max(1, round(20 * seconds / (time.perf_counter() - started)))
+
+    @staticmethod
+    def blur(image: np.ndarray, count: int) -> np.ndarray:
+        import cv2
+
+        for _ in range(count):
+            out = cv2.GaussianBlur(image, (31, 31), 5)
+        return out
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        self.blur(image, self.blurs)
+        return image[:, :, 0].copy()
+
+    def predict(self, items: list) -> list:
+        time.sleep(self.seconds * len(items))
+        return [item // 2 for item in items]
+
+    def finish(self, item: np.ndarray, output: np.ndarray) -> np.ndarray:
+        self.blur(np.dstack([item] * 3), self.blurs)
+        return output
+
+    def serial_seconds(self, images: list[np.ndarray]) -> float:
+        """The time of the three stages one after another over ``images`` (the baseline of the pipeline)."""
+        started = time.perf_counter()
+        for image in images:
+            item = self.prepare(image)
+            self.finish(item, self.predict([item])[0])
+        return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def single_threaded_opencv() -> Iterator[None]:
+    """OpenCV's own thread pool off for the block (``cv2.setNumThreads(1)``), restored after."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
