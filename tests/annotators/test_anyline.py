@@ -18,6 +18,7 @@ import guides
 from guides.annotators.anyline import AnylineAnnotator, merge_layers, remove_small_objects
 from guides.annotators.learned import working_size
 from guides.registry import get
+from tests.annotators.bad_folder_runs import run_bad_folder
 from tests.annotators.test_teed import agreement, reference_network
 from tests.cli_testing import invoke
 
@@ -126,27 +127,14 @@ def test_batches_equal_single_images(models_dir: Path, make_photo) -> None:
 
 
 def test_folder_with_bad_files(models_dir: Path, tmp_path: Path, make_photo) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "bad.png").write_bytes(b"not an image")
-    Image.fromarray(make_photo(84, 1, 1)).save(folder / "tiny.png")
-    Image.fromarray(make_photo(85, 3, 700)).save(folder / "strip.png")
-    Image.fromarray(make_photo(86, 64, 80)).save(folder / "fine.png")
-    out = tmp_path / "out"
-    result = invoke("anyline", str(folder), "--models-dir", str(models_dir), "--device", "cpu",
-                    "--resolution", "512", "-o", str(out), "-q")
-    assert result.exit_code == 1, result.output
-    failures = sorted(line for line in result.output.splitlines() if line.startswith("failed:"))
-    assert len(failures) == 2, result.output
-    assert failures[0].startswith(f"failed: {folder / 'bad.png'}: ")
+    _, strip = run_bad_folder("anyline", tmp_path, make_photo, "--models-dir", str(models_dir), "--device", "cpu",
+                              "--resolution", "512")
     height, width = working_size(3, 700, 512)
-    assert failures[1] == (
-        f"failed: {folder / 'strip.png'}: 700x3 image: working size {width}x{height} at --resolution 512 has "
+    assert strip == (
+        f"failed: {tmp_path / 'in' / 'strip.png'}: 700x3 image: working size {width}x{height} at --resolution 512 has "
         f"{width * height:,} pixels, over the anyline limit of 16,777,216 (use a smaller --resolution or raise "
         "--max-working-pixels)"
     )
-    assert sorted(p.name for p in out.iterdir()) == ["fine.png", "tiny.png"]
-    assert Image.open(out / "tiny.png").size == (1, 1)
 
 
 def test_cli_equals_python_api(models_dir: Path, tmp_path: Path, make_photo) -> None:

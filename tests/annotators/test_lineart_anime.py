@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import guides
+from tests.annotators.bad_folder_runs import run_bad_folder
 from tests.annotators.parity import Capture, agreement, assert_batches_match_singles
 from guides.annotators.lineart_anime import LineartAnimeAnnotator, LineartAnimeOptions, network_size
 from guides.errors import DeviceError, InputError, UsageError, WeightsError
@@ -281,23 +282,10 @@ def test_folder_with_bad_files_fails_those_files_only(reference: Reference, tmp_
     """A corrupt file and a 3 x 700 strip (at --resolution 512 a 512 x 119488 working image, 61 Mpx: refused
     before any resizing) fail with one line each; a 1 x 1 image succeeds (a 1 x 1 guide) and so does the
     fine one."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "bad.png").write_bytes(b"not an image")
-    Image.fromarray(make_photo(4, 1, 1)).save(folder / "dot.png")
-    Image.fromarray(make_photo(5, 3, 700)).save(folder / "strip.png")
-    Image.fromarray(make_photo(6, 64, 80)).save(folder / "fine.png")
-    out = tmp_path / "out"
-    result = invoke("lineart-anime", str(folder), "--models-dir", str(reference.models_dir), "--device", "cpu",
-                    "-o", str(out), "-q")
-    assert result.exit_code == 1, result.output
-    failures = sorted(line for line in result.output.splitlines() if line.startswith("failed:"))
-    assert len(failures) == 2, result.output
-    assert failures[0].startswith(f"failed: {folder / 'bad.png'}: ") and "not an image" in failures[0]
-    assert failures[1] == (
-        f"failed: {folder / 'strip.png'}: 700x3 image: working size 119488x512 at --resolution 512 has "
+    _, strip = run_bad_folder("lineart-anime", tmp_path, make_photo, "--models-dir", str(reference.models_dir),
+                              "--device", "cpu")
+    assert strip == (
+        f"failed: {tmp_path / 'in' / 'strip.png'}: 700x3 image: working size 119488x512 at --resolution 512 has "
         "61,177,856 pixels, over the lineart-anime limit of 16,777,216 (use a smaller --resolution or raise "
         "--max-working-pixels)"
     )
-    assert sorted(p.name for p in out.iterdir()) == ["dot.png", "fine.png"]
-    assert Image.open(out / "dot.png").size == (1, 1) and Image.open(out / "fine.png").size == (80, 64)

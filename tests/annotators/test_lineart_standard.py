@@ -14,6 +14,7 @@ import guides
 from guides.annotators.lineart_standard import DEFAULT_MAX_WORKING_PIXELS, LineartStandardAnnotator, intensity_map
 from guides.errors import InputError, UsageError
 from guides.registry import get
+from tests.annotators.bad_folder_runs import FINE_PHOTO, run_bad_folder
 from tests.cli_testing import invoke
 
 
@@ -126,27 +127,13 @@ def test_oversized_working_size_is_refused_before_resizing() -> None:
 def test_folder_with_bad_files(tmp_path: Path, make_photo) -> None:
     """A corrupt file and a 3 x 700 strip fail with one line each; the 1 x 1 image (working size 512 x 512) and
     the fine photo are written; exit code 1."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "bad.png").write_bytes(b"not an image")
-    Image.fromarray(make_photo(45, 1, 1)).save(folder / "tiny.png")
-    Image.fromarray(make_photo(46, 3, 700)).save(folder / "strip.png")
-    Image.fromarray(make_photo(47, 64, 80)).save(folder / "fine.png")
-    out = tmp_path / "out"
-    result = invoke("lineart-standard", str(folder), "-o", str(out), "-q")
-    assert result.exit_code == 1, result.output
-    failures = sorted(line for line in result.output.splitlines() if line.startswith("failed:"))
-    assert len(failures) == 2, result.output
-    assert failures[0].startswith(f"failed: {folder / 'bad.png'}: ")
-    assert failures[1] == (
-        f"failed: {folder / 'strip.png'}: 700x3 image: working size 119488x512 at --resolution 512 has 61,177,856 "
+    out, strip = run_bad_folder("lineart-standard", tmp_path, make_photo)
+    assert strip == (
+        f"failed: {tmp_path / 'in' / 'strip.png'}: 700x3 image: working size 119488x512 at --resolution 512 has 61,177,856 "
         f"pixels, over the lineart-standard limit of {DEFAULT_MAX_WORKING_PIXELS:,} (use a smaller --resolution or "
         "raise --max-working-pixels)"
     )
-    assert sorted(p.name for p in out.iterdir()) == ["fine.png", "tiny.png"]
-    assert Image.open(out / "tiny.png").size == (1, 1)
-    assert np.array_equal(np.asarray(Image.open(out / "fine.png")),
-                          reference(make_photo(47, 64, 80)))
+    assert np.array_equal(np.asarray(Image.open(out / "fine.png")), reference(make_photo(*FINE_PHOTO)))
 
 
 def test_cli_equals_python_api(tmp_path: Path, make_photo) -> None:

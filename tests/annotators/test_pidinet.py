@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import guides
+from tests.annotators.bad_folder_runs import run_bad_folder
 from tests.annotators.parity import Capture, agreement, assert_batches_match_singles, sharing_network
 from guides.annotators.pidinet import PidinetAnnotator, PidinetOptions
 from guides.errors import DeviceError, UsageError, WeightsError
@@ -259,22 +260,9 @@ def test_bad_files_fail_one_line_each_and_the_rest_is_written(reference: Referen
                                                               make_photo) -> None:
     """A corrupt file and a 3 x 700 strip (working size 256 x 59712 at --resolution 256: 15 Mpx, refused
     before any resizing) fail with one line each; a 1 x 1 image succeeds (a 1 x 1 guide), as does a fine one."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "bad.png").write_bytes(b"not an image")
-    Image.fromarray(make_photo(4, 1, 1)).save(folder / "dot.png")
-    Image.fromarray(make_photo(5, 3, 700)).save(folder / "strip.png")
-    Image.fromarray(make_photo(6, 64, 80)).save(folder / "fine.png")
-    out = tmp_path / "out"
-    result = invoke("pidinet", str(folder), "--models-dir", str(reference.models_dir), "--device", "cpu",
-                    "--resolution", "256", "-o", str(out), "-q")
-    assert result.exit_code == 1, result.output
-    failures = sorted(line for line in result.output.splitlines() if line.startswith("failed:"))
-    assert len(failures) == 2, result.output
-    assert failures[0].startswith(f"failed: {folder / 'bad.png'}: "), failures
-    assert failures[1] == (
-        f"failed: {folder / 'strip.png'}: 700x3 image: working size 59712x256 at --resolution 256 has "
+    _, strip = run_bad_folder("pidinet", tmp_path, make_photo, "--models-dir", str(reference.models_dir),
+                              "--device", "cpu", "--resolution", "256")
+    assert strip == (
+        f"failed: {tmp_path / 'in' / 'strip.png'}: 700x3 image: working size 59712x256 at --resolution 256 has "
         "15,286,272 pixels, over the pidinet limit of 8,388,608 (use a smaller --resolution or raise --max-working-pixels)"
-    ), failures
-    assert sorted(p.name for p in out.iterdir()) == ["dot.png", "fine.png"]
-    assert Image.open(out / "dot.png").size == (1, 1) and Image.open(out / "fine.png").size == (80, 64)
+    )

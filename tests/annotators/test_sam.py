@@ -927,10 +927,7 @@ def test_loading_and_running_sam_never_tunes_the_allocator(tiny_sam_checkpoint, 
 def test_points_per_batch_is_an_option_with_one_default_on_every_device() -> None:
     """The point batches come from the options alone (64, the reference's default), never from the device's
     free memory, so the masks of a run do not depend on what else runs on the GPU."""
-    from guides.annotators.sam_annotator_base import generator_settings
+    from guides.annotators.sam_annotator_base import generator_settings  # takes no engine, device or size
 
-    class Engine:
-        device = torch.device("cuda")  # a CUDA engine: no query of its memory may happen here
-
-    assert generator_settings(Engine(), (512, 512), SamOptions()).points_per_batch == 64
-    assert generator_settings(Engine(), (512, 512), SamOptions(points_per_batch=16)).points_per_batch == 16
+    assert generator_settings(SamOptions()).points_per_batch == 64
+    assert generator_settings(SamOptions(points_per_batch=16)).points_per_batch == 16

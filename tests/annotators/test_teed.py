@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 import guides
+from tests.annotators.bad_folder_runs import run_bad_folder
 from tests.annotators.parity import agreement
 from guides.annotators.learned import pad_to_multiple
 from guides.annotators.teed import SOFTEDGE_CONTROLNET, TeedAnnotator, TeedOptions
@@ -173,25 +174,12 @@ def test_bad_image_is_an_input_error(annotator: TeedAnnotator) -> None:
 def test_folder_with_bad_files(reference: Reference, tmp_path: Path, make_photo) -> None:
     """Corrupt file and 3 x 700 strip: one failed line each; the 1 x 1 image (working size 512 x 512) and the
     fine photo are written; exit code 1."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "bad.png").write_bytes(b"not an image")
-    Image.fromarray(make_photo(67, 1, 1)).save(folder / "tiny.png")
-    Image.fromarray(make_photo(68, 3, 700)).save(folder / "strip.png")
-    Image.fromarray(make_photo(69, 64, 80)).save(folder / "fine.png")
-    out = tmp_path / "out"
-    result = invoke("teed", str(folder), "--models-dir", str(reference.models_dir), "--device", "cpu",
-                    "--batch-size", "2", "-o", str(out), "-q")
-    assert result.exit_code == 1, result.output
-    failures = sorted(line for line in result.output.splitlines() if line.startswith("failed:"))
-    assert len(failures) == 2, result.output
-    assert failures[0].startswith(f"failed: {folder / 'bad.png'}: ")
-    assert failures[1] == (
-        f"failed: {folder / 'strip.png'}: 700x3 image: working size 119488x512 at --resolution 512 has 61,177,856 "
+    _, strip = run_bad_folder("teed", tmp_path, make_photo, "--models-dir", str(reference.models_dir), "--device",
+                              "cpu", "--batch-size", "2")
+    assert strip == (
+        f"failed: {tmp_path / 'in' / 'strip.png'}: 700x3 image: working size 119488x512 at --resolution 512 has 61,177,856 "
         "pixels, over the teed limit of 16,777,216 (use a smaller --resolution or raise --max-working-pixels)"
     )
-    assert sorted(p.name for p in out.iterdir()) == ["fine.png", "tiny.png"]
-    assert Image.open(out / "tiny.png").size == (1, 1)
 
 
 def test_cli_equals_python_api(reference: Reference, tmp_path: Path, make_photo) -> None:

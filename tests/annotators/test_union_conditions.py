@@ -20,6 +20,7 @@ from guides.annotators.low_quality import LowQualityAnnotator
 from guides.annotators.shuffle import ShuffleAnnotator
 from guides.annotators.tile import TileAnnotator
 from guides.errors import InputError, UsageError
+from tests.annotators.bad_folder_runs import FINE_PHOTO, write_bad_folder
 
 CLASSES = (BlurAnnotator, TileAnnotator, GrayAnnotator, LowQualityAnnotator, ShuffleAnnotator, ColorAnnotator,
            BinaryAnnotator)
@@ -308,12 +309,7 @@ def test_cli_equals_python_api(tmp_path: Path, make_photo, cls, args, options) -
 def test_folder_with_bad_files(tmp_path: Path, make_photo, cls) -> None:
     from tests.cli_testing import invoke
 
-    folder = tmp_path / "in"
-    folder.mkdir()
-    (folder / "bad.png").write_bytes(b"not an image")
-    Image.fromarray(make_photo(81, 1, 1)).save(folder / "tiny.png")
-    Image.fromarray(make_photo(82, 3, 700)).save(folder / "strip.png")
-    Image.fromarray(make_photo(83, 64, 80)).save(folder / "fine.png")
+    folder = write_bad_folder(tmp_path, make_photo)
     out = tmp_path / "out"
     result = invoke(cls.name, str(folder), "-o", str(out), "-q")
     assert result.exit_code == 1, result.output
@@ -325,4 +321,4 @@ def test_folder_with_bad_files(tmp_path: Path, make_photo, cls) -> None:
     else:
         assert len(failures) == 1, result.output
     assert sorted(p.name for p in out.iterdir()) == expected
-    assert_same(np.asarray(Image.open(out / "fine.png")), cls().annotate(make_photo(83, 64, 80)))
+    assert_same(np.asarray(Image.open(out / "fine.png")), cls().annotate(make_photo(*FINE_PHOTO)))

@@ -79,8 +79,8 @@ class SamItem:
     extra: Any = None
 
 
-def generator_settings(engine: SamEngine, image_size: tuple[int, int], options: SamModelOptions) -> GeneratorSettings:
-    """``GeneratorSettings`` from the options (the same on every device and whatever else runs on it)."""
+def generator_settings(options: SamModelOptions) -> GeneratorSettings:
+    """``GeneratorSettings`` from the options alone: the same on every device, whatever else runs on it."""
     from ..nets.sam_mask_generator import GeneratorSettings
 
     return GeneratorSettings(
@@ -141,7 +141,7 @@ class SamEngineAnnotator(Annotator):
     def automatic_segments(self, working: np.ndarray) -> Segments:
         """segment_anything's automatic masks of ``working``, whose embedding the engine holds."""
         engine = self.ready_engine
-        return engine.generate(generator_settings(engine, working.shape[:2], self.options))
+        return engine.generate(generator_settings(self.options))
 
     # ------------------------------------------------------------------ the engine contract
 
